@@ -13,7 +13,7 @@ being computed (a layer's gathered weights in ZeRO-3, its unsharded
 gradients before the reduce-scatter) come and go between those moments; the
 process's peak resident memory shows them, with the activations.
 
-Communication: one step (the third of the run) runs under `torch.profiler`,
+Communication: in a distributed run, one step (the third) runs under `torch.profiler`,
 and the wall time during which a collective (gloo's or NCCL's all-reduce,
 all-gather, reduce-scatter, broadcast) was running is set beside the step's. Collectives
 run on their own threads (gloo) or streams (NCCL) and may overlap the
@@ -132,7 +132,8 @@ class StepObserver:
             self.peak = held
 
     def _before_forward(self, module: nn.Module, args: Any) -> None:
-        if self._steps + 1 == self._profiled_step and self._profiler is None and torch.is_grad_enabled():
+        if (self.env.distributed and self._steps + 1 == self._profiled_step and self._profiler is None
+                and torch.is_grad_enabled()):
             os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # keep the profiler's start/stop lines off stderr
             activities = [torch.profiler.ProfilerActivity.CPU]
             if self.env.device.type == "cuda":

@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import torch
@@ -396,6 +396,7 @@ class Trainer:
                    disable=not (config.progress and env.is_main), dynamic_ncols=True)
         previous_handler = self._catch_interrupt()
         step, stopping = start_step, False
+        log = open(self.run.metrics, "a", encoding="utf-8", buffering=1) if env.is_main else None
         try:
             while step < config.steps and not stopping:
                 tick = time.perf_counter()
@@ -411,7 +412,7 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{last.loss:.4f}", tok_s=f"{last.tokens_per_s:,.0f}", lr=f"{lr:.2e}",
                                 refresh=False)
-                history.append(self._log(last))
+                history.append(self._log(last, log))
                 if self.on_step is not None:
                     self.on_step(last, self)
                 stopping = bool(all_reduce_sum(torch.tensor([float(self._stop)]), env)[0] > 0)
@@ -421,6 +422,8 @@ class Trainer:
                     if env.is_main:
                         self._plot(history)
         finally:
+            if log is not None:
+                log.close()
             bar.close()
             observer.close()
             self._release_interrupt(previous_handler)
@@ -444,7 +447,8 @@ class Trainer:
         env = self.env
         n_targets = all_reduce_sum(torch.tensor([float(sum(count_targets(b) for b in batches))]), env)[0]
         lr = self.schedule.apply(optimizer, step)
-        wrapped.train()
+        if not wrapped.training:  # (evaluation or an on_step callback may have left it in eval mode)
+            wrapped.train()
         loss_total = torch.zeros((), device=env.device)
         for m, batch in enumerate(batches):
             with contextlib.nullcontext() if m == len(batches) - 1 else self.strategy.no_sync(wrapped):
@@ -542,11 +546,12 @@ class Trainer:
             os.replace(tmp, self.run.metrics)
         return history
 
-    def _log(self, metrics: StepMetrics) -> dict[str, Any]:
-        record = {k: v for k, v in asdict(metrics).items() if v is not None and v != {}}
-        if self.env.is_main:
-            with open(self.run.metrics, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+    @staticmethod
+    def _log(metrics: StepMetrics, log: TextIO | None) -> dict[str, Any]:
+        """The step's record, also written as a JSON line to `log` (open for the run, line-buffered) if given."""
+        record = {k: v for k, v in vars(metrics).items() if v is not None and v != {}}
+        if log is not None:
+            log.write(json.dumps(record) + "\n")
         return record
 
     def _plot(self, history: list[dict[str, Any]]) -> None:
