@@ -6,12 +6,13 @@
    4.0) into 400 training and 100 evaluation dialogues: numpy.random.default_rng(SPLIT_SEED = 0)
    permutes the 500 lines, the first 400 of the permutation train, the last 100 evaluate. The two
    files are written to DIR (outside the project), never copied into it.
-2. base: the embedded model zero-shot, with the in-context-learning lab's best prompt
-   (benchmarks/icl_dialogsum.py: the one-sentence instruction as the system turn, the dialogue as the
-   user turn, greedy, at most 60 new tokens, stop at a new line).
-3. lora and full: `lmlab finetune` on the 400 training dialogues, with that same prompt format and
-   dialogues cut to fit 384 tokens; then the fine-tuned model (LoRA merged into the weights) is scored
-   exactly as the base model was.
+2. base: the embedded model zero-shot with the in-context-learning lab's default prompt, the best one
+   found for it (ISSUE 3 exploration, benchmarks/icl_dialogsum.py): "Summarize the following
+   conversation." and the dialogue as the user turn of the chat template, greedy, at most 50 new
+   tokens, stop at a new line. Scored by `lmlab icl MODEL --shots 0` itself.
+3. lora and full: `lmlab finetune` on the 400 training dialogues, with that same prompt and dialogues
+   cut to fit 384 tokens; then the fine-tuned model (LoRA merged into the weights) is scored exactly as
+   the base model was, by `lmlab icl`.
 
 Each phase runs in its own process, so its wall time and peak resident memory (os.wait4) are its
 own. Every phase writes DIR/<phase>.json; the table of ROUGE-1/2/L/Lsum on the 100 held-out
@@ -33,17 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
+from lmlab.cli.icl import DEFAULT_TEMPLATE
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dialogsum" / "dialogsum.dev.jsonl"
-# The in-context-learning lab's best zero-shot prompt (benchmarks/icl_dialogsum.py, its FINAL run).
-ONE_SENTENCE = ("Summarize the conversation in one sentence, in the third person, calling the speakers "
-                "#Person1# and #Person2#.")
 SPLIT_SEED = 0
 N_TRAIN, N_EVAL = 400, 100
 MODEL = "smollm2-135m-instruct"
-MAX_NEW_TOKENS = 60
-STOP = "\n"
-PROMPT = ["--prompt-field", "dialogue", "--completion-field", "summary", "--template", "{dialogue}",
-          "--instruction", ONE_SENTENCE, "--chat"]
+PROMPT = ["--prompt-field", "dialogue", "--completion-field", "summary", "--template", DEFAULT_TEMPLATE, "--chat"]
 METHODS = {
     # LoRA on every linear layer of the blocks, rank 16; a larger learning rate than full fine-tuning, as
     # only the small adapters move (Hu et al. 2021 used 2e-4 to 5e-4 for GPT-2 with far more steps).
@@ -65,27 +62,6 @@ def split(out: Path) -> tuple[Path, Path]:
     return train, evaluation
 
 
-def score(model: str, data: Path, result: Path) -> None:
-    """ROUGE of the model's greedy zero-shot summaries of the evaluation dialogues (run as its own process)."""
-    from lmlab.evaluation.harness import PromptedModel, evaluate_records
-    from lmlab.generation import GenerationConfig
-    from lmlab.hub.resolve import load_model
-    from lmlab.prompting import PromptTemplate
-    from lmlab.records import read_records
-
-    loaded = load_model(model)
-    template = PromptTemplate(instruction=ONE_SENTENCE, input_template="{dialogue}", input_field="dialogue",
-                              target_field="summary")
-    records = read_records(data, ["dialogue", "summary"])
-    start = time.perf_counter()
-    evaluation = evaluate_records(records, ["rouge"], ["summary"], PromptedModel.create(loaded.model, loaded.tokenizer,
-                                  chat=True), template, GenerationConfig(max_new_tokens=MAX_NEW_TOKENS, stop=(STOP,)),
-                                  batch_size=8)
-    result.write_text(json.dumps({"model": model, "scores": evaluation.scores.values,
-                                  "generate_seconds": time.perf_counter() - start,
-                                  "predictions": evaluation.predictions}, indent=2) + "\n", encoding="utf-8")
-
-
 def run(command: list[str], threads: int, log: Path) -> dict[str, float]:
     """Run a command with `threads` torch threads; its wall time and peak resident memory."""
     print("$ " + shlex.join(command), flush=True)
@@ -99,29 +75,30 @@ def run(command: list[str], threads: int, log: Path) -> dict[str, float]:
     return {"wall_seconds": time.perf_counter() - start, "peak_memory_bytes": usage.ru_maxrss * 1024}
 
 
-def phase(name: str, out: Path, train: Path, evaluation: Path, epochs: float, threads: int) -> dict:
+def phase(name: str, out: Path, train: Path, evaluation: Path, epochs: float, threads: int,
+          dtype: str) -> dict:
     log = out / f"{name}.log"
-    me = [sys.executable, __file__]
     record: dict = {"phase": name}
-    if name == "base":
-        record["score_process"] = run([*me, "score", MODEL, str(evaluation), str(out / "base.scores.json")],
-                                      threads, log)
-        scored = out / "base.scores.json"
-    else:
+    model = MODEL
+    if name != "base":
         run_dir = out / name
-        command = [sys.executable, "-m", "lmlab.cli.main", "finetune", MODEL, "--data", str(train), "--val", str(evaluation), *PROMPT,
-                   "--max-length", "384", *METHODS[name], "--epochs", f"{epochs:g}", "--batch-size", "8",
-                   "--eval-every", "1000000", "--no-progress", "--out", str(run_dir)]
+        command = [sys.executable, "-m", "lmlab.cli.main", "finetune", MODEL, "--data", str(train), "--val",
+                   str(evaluation), *PROMPT, "--max-length", "384", *METHODS[name], "--epochs", f"{epochs:g}",
+                   "--batch-size", "8", "--dtype", dtype, "--eval-every", "1000000", "--no-progress",
+                   "--out", str(run_dir)]
         record["command"] = "lmlab " + shlex.join(command[3:])
         record["train_process"] = run(command, threads, log)
         summary = json.loads((run_dir / "finetune.json").read_text(encoding="utf-8"))
         record.update({k: summary[k] for k in ("n_trainable", "n_total", "steps", "train_seconds", "scores",
                                                "memory_plan")})
-        record["score_process"] = run([*me, "score", str(run_dir / "model"), str(evaluation),
-                                       str(out / f"{name}.scores.json")], threads, log)
-        scored = out / f"{name}.scores.json"
-    record["rouge"] = {k: v for k, v in json.loads(scored.read_text(encoding="utf-8"))["scores"].items()
-                       if k in ROUGE}
+        model = str(run_dir / "model")
+    report = out / f"{name}-icl"
+    score = [sys.executable, "-m", "lmlab.cli.main", "icl", model, "--data", str(evaluation), "--shots", "0",
+             "--n", str(N_EVAL), "--batch-size", "8", "--no-progress", "--out", str(report)]
+    record["score_command"] = "lmlab " + shlex.join(score[3:])
+    record["score_process"] = run(score, threads, log)
+    row = json.loads((report / "summary.json").read_text(encoding="utf-8"))["rows"][0]
+    record["rouge"] = {k: row["rouge"][k] for k in ROUGE}
     (out / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return record
 
@@ -145,19 +122,19 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=1.0, help="passes over the 400 training dialogues")
     parser.add_argument("--phases", default="base,lora,full", help="which of base, lora, full to run")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per process")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                        help="fine-tuning precision: bf16 autocasts (weights and optimizer states stay fp32); "
+                             "on a CPU without AVX-512 BF16 or AMX it is emulated, and a step took 3x longer")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     train, evaluation = split(args.out)
     records = []
     for name in args.phases.split(","):
-        records.append(phase(name, args.out, train, evaluation, args.epochs, args.threads))
+        records.append(phase(name, args.out, train, evaluation, args.epochs, args.threads, args.dtype))
         print(table(records), flush=True)
-    (args.out / "summary.json").write_text(json.dumps({"split_seed": SPLIT_SEED, "epochs": args.epochs,
+    (args.out / "summary.json").write_text(json.dumps({"split_seed": SPLIT_SEED, "epochs": args.epochs, "dtype": args.dtype,
                                                        "phases": records}, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["score"]:  # one scoring process, started by `phase`
-        score(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]))
-    else:
-        main()
+    main()

@@ -15,10 +15,8 @@ evaluations in a row; the weights of the best evaluation are kept.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -47,26 +45,6 @@ def higher_is_better(metric: str) -> bool:
     return metric != "loss"
 
 
-@contextlib.contextmanager
-def label_logits_per_position(model: nn.Module) -> Iterator[None]:
-    """Reshape a classifier's logits [B, C] to [B, 1, C] while inside, so the token-level loss of
-    `lmlab.training.objectives.loss_sum` (logits.flatten(0, 1) against labels.flatten()) scores one
-    label per sequence."""
-    if model.config.head != "sequence-classification":
-        yield
-        return
-    def per_position(module: nn.Module, args: Any, output: Any) -> Any:
-        if output.logits.dim() == 2:
-            return dataclasses.replace(output, logits=output.logits.unsqueeze(1))
-        return output
-
-    handle = model.register_forward_hook(per_position)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
 def _batches(examples: Sequence[Example], batch_size: int) -> Iterator[Sequence[Example]]:
     for start in range(0, len(examples), batch_size):
         yield examples[start:start + batch_size]
@@ -89,7 +67,7 @@ def validation_loss(model: nn.Module, examples: Sequence[Example], collator: Col
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    with label_logits_per_position(model), _autocast(model, dtype):
+    with _autocast(model, dtype):
         for batch in _batches(examples, batch_size):
             inputs = _on_device(model, collator(batch))
             total += float(loss_sum(model, inputs))

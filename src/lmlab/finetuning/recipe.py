@@ -38,8 +38,7 @@ import torch
 
 from lmlab.errors import LmlabError
 from lmlab.finetuning.datasets import Collator, DataFormat, FinetuneData, load_data
-from lmlab.finetuning.evaluate import (HEADLINE, Scores, check_metric, higher_is_better, label_logits_per_position,
-                                       score)
+from lmlab.finetuning.evaluate import HEADLINE, Scores, check_metric, higher_is_better, score
 from lmlab.finetuning.prepare import MemoryPlan, attach_classification_head, enable_gradient_checkpointing, plan_memory
 from lmlab.hub.checkpoint import save_checkpoint
 from lmlab.hub.resolve import LoadedModel, load_model
@@ -256,8 +255,7 @@ def finetune(s: FinetuneSettings, env: DistEnv | None = None) -> FinetuneResult:
     trainer = Trainer(model, objective, {"train": data.train},
                       {"validation": data.validation} if data.validation else {}, train_config, run,
                       tokenizer=tokenizer, env=env, seq_len=data.max_tokens - 1, on_step=monitor)
-    with label_logits_per_position(model):
-        trained = trainer.train()
+    trained = trainer.train()
     monitor.restore_best(model)
 
     # 6. The final scores on the validation set.

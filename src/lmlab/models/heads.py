@@ -97,6 +97,9 @@ class QuestionAnsweringHead(nn.Module):
         return self.span(hidden)
 
 
+PER_POSITION_HEADS = ("lm", "mlm", "token-classification")  # heads that map each position on its own
+
+
 def make_head(config: ModelConfig, embedding: nn.Embedding) -> nn.Module | None:
     if config.head == "lm":
         return LMHead(config, embedding)

@@ -21,7 +21,7 @@ from lmlab.config import ModelConfig
 from lmlab.models.attention import Attention, additive_mask
 from lmlab.models.cache import KVCache
 from lmlab.models.feedforward import FeedForward
-from lmlab.models.heads import make_head
+from lmlab.models.heads import PER_POSITION_HEADS, make_head
 from lmlab.models.norms import make_norm
 from lmlab.models.positions import RelativePositionBias, RotaryEmbedding, SinusoidalPositions
 
@@ -245,6 +245,7 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         output_attentions: bool = False,
         last_logits_only: bool = False,
+        logits_mask: torch.Tensor | None = None,
     ) -> ModelOutput:
         """Run the model.
 
@@ -252,6 +253,13 @@ class Transformer(nn.Module):
         models encode `input_ids` (or reuse `encoder_hidden_states`) and decode
         `decoder_input_ids`. With a `cache`, only the new tokens are given and
         `attention_mask` covers cached + new positions.
+
+        `logits_mask` (bool, [batch, seq]) has a per-position head (lm, mlm,
+        token classification) compute only the positions it marks: logits come
+        as [n_marked, n_out], in row-major order. Training on completion tokens
+        alone skips the vocabulary projection, the largest matrix product of a
+        small model, everywhere else (the idea of `logits_to_keep` in
+        transformers, applied to arbitrary positions).
         """
         attentions: dict[str, list[torch.Tensor]] = {}
         c = self.config
@@ -281,6 +289,10 @@ class Transformer(nn.Module):
         if self.head is not None:
             head_input = hidden[:, -1:] if last_logits_only else hidden
             head_mask = decoder_attention_mask if c.arch == "encoder-decoder" else attention_mask
+            if logits_mask is not None:
+                if c.head not in PER_POSITION_HEADS:
+                    raise ValueError(f"logits_mask needs a per-position head {PER_POSITION_HEADS}, not {c.head!r}")
+                head_input, head_mask = head_input[logits_mask], None
             logits = self.head(head_input, head_mask)
         return ModelOutput(
             logits=logits,

@@ -125,8 +125,19 @@ def count_targets(batch: dict[str, torch.Tensor]) -> int:
 
 def loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Sum of the cross-entropies over the labelled positions (labels aligned with logits, -100 ignored),
-    computed on float32 logits."""
+    computed on float32 logits; a classifier's labels are one per sequence.
+
+    When only some positions carry a label (masked LM, completion-only fine-tuning), the model's head
+    computes those positions alone (`logits_mask`): the same sum, without the vocabulary projection of
+    the positions that do not count.
+    """
     inputs = {key: value for key, value in batch.items() if key != "labels"}
-    logits = model(**inputs).logits
-    return F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=IGNORE_INDEX,
-                           reduction="sum")
+    labels = batch["labels"]
+    if labels.dim() == 2:
+        labelled = labels != IGNORE_INDEX
+        if not bool(labelled.all()):
+            logits = model(**inputs, logits_mask=labelled).logits
+            return F.cross_entropy(logits.float(), labels[labelled], reduction="sum")
+    logits = model(**inputs).logits  # [..., n_out] against labels [...]: per token, or per sequence
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                           ignore_index=IGNORE_INDEX, reduction="sum")
