@@ -92,6 +92,10 @@ def phase(name: str, out: Path, train: Path, evaluation: Path, epochs: float, th
         record.update({k: summary[k] for k in ("n_trainable", "n_total", "steps", "train_seconds", "scores",
                                                "memory_plan")})
         model = str(run_dir / "model")
+        record["export"] = export_check(run_dir / "model", evaluation, out / f"{name}-hf")
+        print(f"{name}: exported to {out / f'{name}-hf'}; transformers' greedy output equals lmlab's on "
+              f"{record['export']['identical_greedy_outputs']} of {record['export']['prompts']} held-out prompts",
+              flush=True)
     report = out / f"{name}-icl"
     score = [sys.executable, "-m", "lmlab.cli.main", "icl", model, "--data", str(evaluation), "--shots", "0",
              "--n", str(N_EVAL), "--batch-size", "8", "--no-progress", "--out", str(report)]
@@ -101,6 +105,36 @@ def phase(name: str, out: Path, train: Path, evaluation: Path, epochs: float, th
     record["rouge"] = {k: row["rouge"][k] for k in ROUGE}
     (out / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return record
+
+
+def without_eos(tokens: list[int], eos: int) -> list[int]:
+    return tokens[:-1] if tokens[-1:] == [eos] else tokens
+
+
+def export_check(model_dir: Path, evaluation: Path, hf_dir: Path, n: int = 5) -> dict:
+    """Export the fine-tuned model as a Hugging Face folder, load it with transformers (no network) and
+    compare greedy summaries of the first `n` held-out dialogues, token for token."""
+    import torch
+    import transformers
+
+    from lmlab.generation import GenerationConfig, generate
+    from lmlab.hub.checkpoint import export_hf
+    from lmlab.hub.resolve import load_model
+
+    loaded = load_model(str(model_dir))
+    export_hf(loaded.model, hf_dir, loaded.tokenizer)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir)).eval()
+    eos = loaded.model.config.eos_token_id
+    same = 0
+    for line in evaluation.read_text(encoding="utf-8").splitlines()[:n]:
+        user = DEFAULT_TEMPLATE.format(dialogue=json.loads(line)["dialogue"])
+        prompt = loaded.tokenizer.encode(loaded.tokenizer.apply_chat_template([{"role": "user", "content": user}]))
+        ours = generate(loaded.model, [prompt], GenerationConfig(max_new_tokens=50))[0].tokens
+        with torch.no_grad():
+            theirs = hf.generate(torch.tensor([prompt]), max_new_tokens=50, do_sample=False, eos_token_id=eos,
+                                 pad_token_id=eos)[0, len(prompt):].tolist()
+        same += without_eos(ours, eos) == without_eos(theirs, eos)
+    return {"prompts": n, "identical_greedy_outputs": same}
 
 
 def table(records: list[dict]) -> str:

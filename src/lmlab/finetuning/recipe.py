@@ -254,7 +254,8 @@ def finetune(s: FinetuneSettings, env: DistEnv | None = None) -> FinetuneResult:
     monitor = EarlyStopping(s, data, collator, tokenizer, say)
     trainer = Trainer(model, objective, {"train": data.train},
                       {"validation": data.validation} if data.validation else {}, train_config, run,
-                      tokenizer=tokenizer, env=env, seq_len=data.max_tokens - 1, on_step=monitor)
+                      tokenizer=tokenizer, env=env, seq_len=data.max_tokens - 1, on_step=monitor,
+                      plan_memory=False)
     trained = trainer.train()
     monitor.restore_best(model)
 

@@ -304,7 +304,10 @@ class Trainer:
         seq_len: int | None = None,
         on_step: Callable[[StepMetrics, Trainer], None] | None = None,
         peak_flops: float | None = None,
+        plan_memory: bool = True,
     ):
+        """`plan_memory`: print the planner's memory estimate at the start (fine-tuning prints its own,
+        which knows the frozen weights)."""
         self.env = env or DistEnv()
         config.check(self.env)
         self.model = model
@@ -327,6 +330,7 @@ class Trainer:
         self.seq_len = seq_len or len(next(d for d in self.train_sets.values() if len(d))[0]) - 1
         self.on_step = on_step
         self.peak_flops = peak_flops
+        self.plan_memory = plan_memory
         self.schedule = config.schedule()
         self.micro_batch = config.batch_size // (self.env.world_size * config.grad_accum)
         self._dataset = ConcatDataset(list(self.train_sets.values()))
@@ -346,18 +350,18 @@ class Trainer:
         """The model size, the batch layout and the memory planner's estimate per process."""
         config, env = self.config, self.env
         n_params = sum(p.numel() for p in self.model.parameters())
-        mixed = config.dtype == "bf16"
-        plan = plan_training_memory(n_params, config.dtype, "adamw", mixed_precision=mixed,
-                                    parallelism=config.parallel.parallelism(env), config=self.model.config,
-                                    batch=self.micro_batch, seq_len=self.seq_len,
-                                    flash_attention=uses_fused_attention(self.model.config))
-        terms = ", ".join(f"{t.name} {format_bytes(t.bytes)}" for t in plan.terms)
         lines = [
             f"{self.objective.name} on a {n_params:,}-parameter {self.model.config.arch}; {env.world_size} "
             f"process(es) ({self.strategy.name}), batch {config.batch_size} = {env.world_size} x {config.grad_accum} "
             f"micro-batch(es) of {self.micro_batch} x {self.seq_len} tokens",
-            f"planned memory per process: {format_bytes(plan.total_bytes)} ({terms})",
         ]
+        if self.plan_memory:
+            plan = plan_training_memory(n_params, config.dtype, "adamw", mixed_precision=config.dtype == "bf16",
+                                        parallelism=config.parallel.parallelism(env), config=self.model.config,
+                                        batch=self.micro_batch, seq_len=self.seq_len,
+                                        flash_attention=uses_fused_attention(self.model.config))
+            terms = ", ".join(f"{t.name} {format_bytes(t.bytes)}" for t in plan.terms)
+            lines.append(f"planned memory per process: {format_bytes(plan.total_bytes)} ({terms})")
         if self.model.config.arch == "encoder-decoder":
             lines.append("note: MFU counts the encoder and the decoder as reading seq_len tokens each, an upper "
                          "bound: span corruption gives the encoder about 0.9 and the decoder about 0.2 of that")
