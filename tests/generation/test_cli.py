@@ -78,3 +78,11 @@ def test_chat_keeps_the_conversation_in_the_window(capsys, monkeypatch, tiny_che
 def test_chat_needs_a_chat_template(capsys):
     assert main(["chat", "tiny-llama"]) == 1
     assert "no chat template" in capsys.readouterr().err
+
+
+def test_stop_strings_read_backslash_n_as_a_new_line():
+    from lmlab.cli.generate import generation_config
+    from lmlab.cli.main import build_parser
+
+    args = build_parser().parse_args(["generate", "--prompt", "hi", "--stop", "\\n", "--stop", "END"])
+    assert generation_config(args).stop == ("\n", "END")

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
 
-from lmlab.cli.generate import add_model_arguments, add_sampling_arguments, generation_config, load
-from lmlab.cli.icl import unescape
+from lmlab.cli.generate import add_model_arguments, add_sampling_arguments, generation_config, load, unescape
 from lmlab.errors import LmlabError, did_you_mean
 from lmlab.evaluation.harness import METRICS, PromptedModel, evaluate_records, text_perplexity
 from lmlab.evaluation.metrics import AVERAGES
@@ -145,7 +143,7 @@ def run_records(args: argparse.Namespace, metrics: list[str]) -> int:
     if args.n is not None and args.n < 1:
         raise LmlabError(f"--n must be at least 1, got {args.n}")
     records = read_records(args.data, needed)[: args.n]
-    config = replace(generation_config(args), stop=tuple(unescape(s) for s in args.stop))
+    config = generation_config(args)
     prompted = None
     if template is not None:
         loaded = load(args)

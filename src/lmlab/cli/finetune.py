@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from lmlab.cli.icl import unescape
+from lmlab.cli.generate import unescape
 from lmlab.cli.parallel import add_parallel_options, errors_said_by_rank_zero, parallel_config
 from lmlab.finetuning.datasets import TASKS, DataFormat
 from lmlab.finetuning.evaluate import METRICS

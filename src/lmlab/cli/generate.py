@@ -92,17 +92,23 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                        help="beam search ranks finished texts by log-probability / length**L: above 0 favours "
                             "longer texts (default 1.0)")
     group.add_argument("--stop", action="append", default=[], metavar="TEXT",
-                       help="end the text where TEXT appears (not included); repeatable")
+                       help="end the text where TEXT appears (not included; \\n stands for a new line); repeatable")
     group.add_argument("--seed", type=int, metavar="N", help="seed of the sampler, for a reproducible draw")
     group.add_argument("--truncate", action="store_true",
                        help="if the prompt does not fit the model's context window, drop its oldest tokens "
                             "instead of stopping with an error")
 
 
+def unescape(text: str) -> str:
+    """Command-line text with \\n and \\t standing for a new line and a tab."""
+    return text.replace("\\n", "\n").replace("\\t", "\t")
+
+
 def generation_config(args: argparse.Namespace) -> GenerationConfig:
     return GenerationConfig(
         max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
-        top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop=tuple(args.stop),
+        top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
+        stop=tuple(unescape(s) for s in args.stop),
         seed=args.seed, truncate=args.truncate, num_beams=args.num_beams, length_penalty=args.length_penalty,
     )
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from lmlab.cli.generate import add_model_arguments, load
+from lmlab.cli.generate import add_model_arguments, load, unescape
 from lmlab.errors import LmlabError
 from lmlab.evaluation.harness import PromptedModel
 from lmlab.generation import GenerationConfig
@@ -118,11 +118,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "hold an earlier report, which is replaced (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
-
-
-def unescape(text: str) -> str:
-    """Command-line text with \\n and \\t standing for a new line and a tab."""
-    return text.replace("\\n", "\n").replace("\\t", "\t")
 
 
 def icl_config(args: argparse.Namespace) -> IclConfig:
