@@ -86,3 +86,17 @@ def test_stop_strings_read_backslash_n_as_a_new_line():
 
     args = build_parser().parse_args(["generate", "--prompt", "hi", "--stop", "\\n", "--stop", "END"])
     assert generation_config(args).stop == ("\n", "END")
+
+
+def test_threads_option_sets_torch_threads_and_refuses_zero(capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert main(["--threads", "1", "inspect", "params", "tiny-gpt2"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    capsys.readouterr()
+    assert main(["--threads", "0", "inspect", "params", "tiny-gpt2"]) == 1
+    assert capsys.readouterr().err == "lmlab: error: --threads must be at least 1, got 0\n"

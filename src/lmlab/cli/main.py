@@ -45,10 +45,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lmlab", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads torch computes with (default: torch's choice, one per core); on a machine "
+                             "shared with other work, fewer threads than cores avoid fighting over them")
     subparsers = parser.add_subparsers(title="commands", metavar="<command>")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
     return parser
+
+
+def set_threads(n: int) -> None:
+    if n < 1:
+        raise LmlabError(f"--threads must be at least 1, got {n}")
+    import torch
+
+    torch.set_num_threads(n)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if args.threads is not None:
+            set_threads(args.threads)
         result = args.func(args)
     except LmlabError as err:
         print(f"lmlab: error: {err}", file=sys.stderr)
