@@ -19,6 +19,14 @@ own. Every phase writes DIR/<phase>.json; the table of ROUGE-1/2/L/Lsum on the 1
 dialogues, trainable parameters, times and memory is printed and written to DIR/summary.json.
 The course's reference (FLAN-T5-base, 12,460 training dialogues): zero-shot ROUGE-1 0.233, full
 fine-tuning 0.421, LoRA 0.408. Target here: ROUGE-1 >= 0.35 after fine-tuning.
+
+Measured here (2 epochs = 100 steps of 8, fp32, 2 threads, quiet machine, 2026-11-22):
+    base zero-shot  ROUGE-1/2/L 0.225 / 0.051 / 0.179
+    LoRA (3.5%)     ROUGE-1/2/L 0.407 / 0.136 / 0.320   training 21.3 min, peak RSS 11.6 GB
+    full            ROUGE-1/2/L 0.412 / 0.140 / 0.328   training 17.6 min, peak RSS 8.0 GB
+and the exported folders' greedy outputs in transformers equal lmlab's on 5 of 5 prompts, both models.
+LoRA on every linear layer with dropout is slower and larger than full fine-tuning of this small
+model: each adapter keeps its own dropped-out copy of its input for the backward pass.
 """
 
 from __future__ import annotations
