@@ -8,8 +8,8 @@ answer, and compares the answers with the references using a metric.
   chat template (the format an instruction-tuned model was trained on). A prompt
   must leave `max_new_tokens` of the context window for the answer; prompts too
   long are fitted by `lmlab.prompting.build_prompt` (examples dropped, then the
-  input cut), and the run reports how many were, once. Prompts are generated in
-  batches (left padding), longest first, so a batch holds prompts of similar length.
+  input cut), and the run reports how many were, once. Prompts are generated
+  through the continuous-batching engine: a finished answer's slot goes to the next prompt.
 - Metrics on the answers: ROUGE and BLEU for free text; accuracy and F1 for
   labels, compared after normalizing (the first line of an answer counts, without
   surrounding spaces, a final period or letter case: " Positive." equals "positive").
@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 from lmlab.errors import LmlabError
 from lmlab.evaluation.metrics import accuracy, bleu, precision_recall_f1, rouge
 from lmlab.evaluation.perplexity import PerplexityResult, perplexity
-from lmlab.generation import GenerationConfig, generate
+from lmlab.generation import GenerationConfig
+from lmlab.generation.engine import Engine, EngineRequest
 from lmlab.generation.chat import chat_ids
 from lmlab.models import Transformer
 from lmlab.prompting import Prompt, PromptResult, PromptTemplate, Record, build_prompt
@@ -84,21 +85,23 @@ class PromptedModel:
                  bar: tqdm | None = None) -> list[str]:
         """The model's answer to each prompt (token ids), stripped of surrounding whitespace.
 
-        Sampling is seeded per batch (config.seed + batch number), so a run is reproducible.
+        The prompts run through the continuous-batching engine, `batch_size` at a time, longest first;
+        prompt i samples with config.seed + i, so a run is reproducible whatever the batch size.
         """
         if batch_size < 1:
             raise LmlabError(f"batch size must be at least 1, got {batch_size}")
-        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-        answers = [""] * len(prompts)
-        for number, start in enumerate(range(0, len(order), batch_size)):
-            batch = order[start : start + batch_size]
-            seeded = config if config.seed is None else replace(config, seed=config.seed + number)
-            completions = generate(self.model, [prompts[i] for i in batch], seeded, self.tokenizer)
-            for i, completion in zip(batch, completions):
-                answers[i] = completion.text.strip()
-            if bar is not None:
-                bar.update(len(batch))
-        return answers
+        if not prompts:
+            return []
+        window = self.model.config.max_seq_len
+        engine = Engine(self.model, self.tokenizer, slots=min(batch_size, len(prompts)),
+                        max_len=min(window, max(map(len, prompts)) + config.max_new_tokens))
+        handles = {}
+        for i in sorted(range(len(prompts)), key=lambda i: -len(prompts[i])):
+            seeded = config if config.seed is None else replace(config, seed=config.seed + i)
+            done = (lambda event: bar.update(1) if event.finish_reason else None) if bar is not None else None
+            handles[i] = engine.submit(EngineRequest(prompts[i], seeded, on_event=done))
+        engine.run_until_idle()
+        return [handles[i].result().text.strip() for i in range(len(prompts))]
 
 
 def fitting_notice(results: Sequence[PromptResult], context: int, input_field: str) -> str | None:

@@ -6,39 +6,27 @@ repetition penalty, temperature, top-k and top-p), and the token is appended.
 A sequence ends at its end-of-sequence token, at a user stop string (cut from
 the text), or after `max_new_tokens` (or when the context window is full).
 Tokens are yielded as they come, with the text they complete, for streaming.
+Decoder-only models decode through the continuous-batching engine (engine.py),
+each row in its own cache slot; encoder-decoder models through the loop below.
 With `num_beams` > 1, `generate` runs beam search instead (beam.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 import torch
 
 from lmlab.errors import LmlabError
 from lmlab.generation.beam import beam_search
+from lmlab.generation.engine import Engine, EngineRequest
 from lmlab.generation.incremental import (CausalDecoder, EncoderDecoder, Prompts, check_generative,
                                           end_of_sequence_ids, fit_context, make_runner, padding_id, prompt_ids,
                                           room_for_new_tokens)
 from lmlab.generation.sampling import GenerationConfig, next_token
+from lmlab.generation.text import Completion, IncrementalText, first_stop
 from lmlab.models import Transformer
-
-
-@dataclass
-class Completion:
-    """What one prompt produced.
-
-    tokens: the new token ids, ending with the end-of-sequence token when the model wrote one.
-    text: the new tokens as text, without special tokens, cut before a stop string ("" without a tokenizer).
-    finish_reason: "eos" (end-of-sequence token), "stop" (a stop string), "length" (max_new_tokens or
-    the context window reached).
-    """
-
-    prompt_ids: list[int]
-    tokens: list[int] = field(default_factory=list)
-    text: str = ""
-    finish_reason: str | None = None
 
 
 @dataclass
@@ -93,11 +81,6 @@ def _beam_completion(prompt: list[int], tokens: list[int], model: Transformer, c
     return Completion(prompt, tokens, text, reason)
 
 
-def first_stop(text: str, stop: Sequence[str], start: int = 0) -> int | None:
-    """Where the first stop string begins in text[start:], or None."""
-    return min((i for i in (text.find(s, start) for s in stop) if i >= 0), default=None)
-
-
 def stream(model: Transformer, prompt: str | Sequence[int], config: GenerationConfig | None = None,
            tokenizer=None) -> Iterator[str]:
     """Yield the text of one prompt's continuation piece by piece, as the tokens are produced."""
@@ -121,6 +104,9 @@ def stream_generate(
         raise LmlabError("beam search keeps several hypotheses until the end, so it cannot stream: use generate")
     rows = fit_context(prompt_ids(prompts, tokenizer, attention_mask), c.max_seq_len, config, c.arch)
     max_new = min(config.max_new_tokens, room_for_new_tokens(rows, c.max_seq_len, c.arch))
+    if c.arch == "decoder":
+        yield from _stream_with_engine(model, rows, replace(config, max_new_tokens=max_new), tokenizer)
+        return
     eos_ids = end_of_sequence_ids(model, tokenizer)
     pad_id = padding_id(model, tokenizer)
     generator = None
@@ -128,7 +114,7 @@ def stream_generate(
         generator = torch.Generator(model.tok_emb.weight.device).manual_seed(config.seed)
     runner = make_runner(model, rows, pad_id, max_new)
     sampler = _Sampler(runner, config, generator)
-    texts = [_RowText(tokenizer, config.stop) for _ in rows]
+    texts = [IncrementalText(tokenizer, config.stop) for _ in rows]
     running = [True] * len(rows)
     tokens = sampler.first()
     for step in range(max_new):
@@ -143,6 +129,23 @@ def stream_generate(
         if last_step or not any(running):
             return
         tokens = sampler.next([t if r else pad_id for t, r in zip(tokens, running)])
+
+
+def _stream_with_engine(model: Transformer, rows: list[list[int]], config: GenerationConfig,
+                        tokenizer) -> Iterator[TextDelta]:
+    """A decoder-only batch through the continuous-batching engine, one slot per row, every prompt
+    prefilled in the first step. Row b samples with seed + b, so its tokens do not depend on the
+    other rows."""
+    engine = Engine(model, tokenizer, slots=len(rows), max_len=max(map(len, rows)) + config.max_new_tokens,
+                    prefill_chunk=sum(map(len, rows)))
+    deltas: list[TextDelta] = []
+    for b, row in enumerate(rows):
+        seeded = config if config.seed is None else replace(config, seed=config.seed + b)
+        engine.submit(EngineRequest(row, seeded, on_event=lambda event, b=b: deltas.append(
+            TextDelta(b, event.token_id, event.text, event.finish_reason))))
+    while engine.step():
+        yield from deltas
+        deltas.clear()
 
 
 class _Sampler:
@@ -169,36 +172,3 @@ class _Sampler:
         if self.seen is not None:
             self.seen.scatter_(1, tokens[:, None], True)
         return tokens.tolist()
-
-
-class _RowText:
-    """Detokenize one row incrementally, hold back text that may still change, and watch for stop strings."""
-
-    def __init__(self, tokenizer, stop: tuple[str, ...]) -> None:
-        self.tokenizer = tokenizer
-        self.stop = stop
-        self.tokens: list[int] = []
-        self.emitted = 0
-
-    def add(self, token: int, final: bool) -> tuple[str, bool]:
-        """Take the row's next token; return the text that became final and whether a stop string ended it."""
-        self.tokens.append(token)
-        if self.tokenizer is None:
-            return "", False
-        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
-        cut = first_stop(text, self.stop, self.emitted)
-        if cut is not None:
-            return self._emit(text, cut), True
-        return self._emit(text, len(text) if final else self._safe_end(text)), False
-
-    def _emit(self, text: str, end: int) -> str:
-        piece = text[self.emitted:end]
-        self.emitted = max(self.emitted, end)
-        return piece
-
-    def _safe_end(self, text: str) -> int:
-        """Where the text is final: before an unfinished UTF-8 character (decoded as U+FFFD) and
-        before a tail that could grow into a stop string."""
-        end = len(text.rstrip("\ufffd"))
-        held = max((n for s in self.stop for n in range(1, len(s)) if text[:end].endswith(s[:n])), default=0)
-        return max(end - held, self.emitted)

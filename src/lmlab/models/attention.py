@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmlab.config import ModelConfig
-from lmlab.models.cache import KVCache
+from lmlab.models.cache import KVCache, SlotCache
 from lmlab.models.positions import apply_rotary
 
 
@@ -89,7 +89,7 @@ class Attention(nn.Module):
 
     def _keys_values(
         self, source: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None,
-        cache: KVCache | None, layer: int,
+        cache: KVCache | SlotCache | None, layer: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.cross and cache is not None and cache.cross[layer] is not None:
             return cache.cross[layer]
@@ -111,7 +111,7 @@ class Attention(nn.Module):
         is_causal: bool = False,
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
         memory: torch.Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: KVCache | SlotCache | None = None,
         layer: int = 0,
         need_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -19,7 +19,7 @@ from torch import nn
 
 from lmlab.config import ModelConfig
 from lmlab.models.attention import Attention, additive_mask
-from lmlab.models.cache import KVCache
+from lmlab.models.cache import KVCache, SlotCache
 from lmlab.models.feedforward import FeedForward
 from lmlab.models.heads import PER_POSITION_HEADS, make_head
 from lmlab.models.norms import make_norm
@@ -130,17 +130,12 @@ class Stack(nn.Module):
             x = self.emb_norm(x)
         return self.emb_dropout(x)
 
-    def forward(
-        self,
-        tokens: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        memory: torch.Tensor | None = None,
-        memory_mask: torch.Tensor | None = None,
-        cache: KVCache | None = None,
-        need_weights: bool = False,
-    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    def _positions_and_mask(
+        self, tokens: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None,
+        cache: KVCache | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
+        """Position ids (after the cached ones), the additive mask (padding, causality, relative bias),
+        and whether SDPA's causal fast path can replace the mask."""
         batch, length, _ = tokens.shape
         past = cache.length if cache is not None else 0
         if position_ids is None:
@@ -154,7 +149,26 @@ class Stack(nn.Module):
             if self.causal and mask is None and length > 1:
                 mask = additive_mask(None, length, past + length, past, True, tokens.dtype)
             mask = bias if mask is None else mask + bias
-        is_causal = self.causal and mask is None and past == 0 and length > 1
+        return position_ids, mask, self.causal and mask is None and past == 0 and length > 1
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        memory: torch.Tensor | None = None,
+        memory_mask: torch.Tensor | None = None,
+        cache: KVCache | SlotCache | None = None,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        batch, length, _ = tokens.shape
+        if isinstance(cache, SlotCache):  # the cache prepared this pass's positions and mask, row by row
+            if self.relative_bias is not None:
+                raise ValueError("a slot cache needs absolute or rotary positions, not a relative bias")
+            position_ids, mask, is_causal = cache.positions, cache.mask, cache.is_causal
+        else:
+            position_ids, mask, is_causal = self._positions_and_mask(tokens, attention_mask, position_ids, cache)
         cross_mask = None
         if memory_mask is not None and not bool(memory_mask.all()):
             cross_mask = additive_mask(memory_mask, length, memory_mask.shape[1], 0, False, tokens.dtype)
@@ -225,6 +239,13 @@ class Transformer(nn.Module):
         return KVCache.allocate(len(self.decoder.layers), batch_size, c.n_kv_head, max_len, c.d_head,
                                 dtype or norm.dtype, norm.device)
 
+    def new_slot_cache(self, slots: int, max_len: int, dtype: torch.dtype | None = None) -> SlotCache:
+        """An empty decoder KV cache of `slots` independent sequences of up to max_len positions each."""
+        c = self.config
+        norm = self.decoder.layers[0].attn_norm.weight
+        return SlotCache(len(self.decoder.layers), slots, c.n_kv_head, max_len, c.d_head, dtype or norm.dtype,
+                         norm.device)
+
     def encode(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None, need_weights: bool = False,
@@ -242,7 +263,7 @@ class Transformer(nn.Module):
         decoder_input_ids: torch.Tensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: KVCache | SlotCache | None = None,
         output_attentions: bool = False,
         last_logits_only: bool = False,
         logits_mask: torch.Tensor | None = None,
