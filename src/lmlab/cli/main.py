@@ -30,6 +30,7 @@ COMMAND_MODULES = [  # in the order of a model's life
     "lmlab.cli.quantize",
     "lmlab.cli.plan",
     "lmlab.cli.scaling",
+    "lmlab.cli.serve",
 ]
 
 DESCRIPTION = """\
