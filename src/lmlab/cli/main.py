@@ -28,6 +28,7 @@ COMMAND_MODULES = [  # in the order of a model's life
     "lmlab.cli.finetune",
     "lmlab.cli.evaluate",
     "lmlab.cli.quantize",
+    "lmlab.cli.export",
     "lmlab.cli.plan",
     "lmlab.cli.scaling",
     "lmlab.cli.serve",

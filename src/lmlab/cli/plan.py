@@ -13,6 +13,7 @@ from lmlab.config import PRESETS, ModelConfig
 from lmlab.errors import LmlabError
 from lmlab.planning.accelerators import ACCELERATORS, Accelerator
 from lmlab.planning.compute import PF_DAY, exact_training_flops, plan_compute, training_flops
+from lmlab.planning.energy import DEFAULT_GRID, GRIDS, parse_grid
 from lmlab.planning.memory import (
     OPTIMIZER_STATES,
     RULES_OF_THUMB,
@@ -203,7 +204,13 @@ def _add_compute(sub: argparse._SubParsersAction) -> None:
             "--exact counts embeddings, attention scores, softmax and logits as in the Chinchilla\n"
             "paper's appendix F (needs a MODEL).\n\n"
             "accelerators: " + ", ".join(ACCELERATORS) + "\n\n"
-            "example: lmlab plan compute --params 174.6B --tokens 300B   # GPT-3: 3.14e23 FLOPs, 3,640 PF/s-days"
+            "example: lmlab plan compute --params 174.6B --tokens 300B   # GPT-3: 3.14e23 FLOPs, 3,640 PF/s-days\n\n"
+            "Energy = accelerator-hours × power × PUE, CO2e = energy × the grid's carbon intensity\n"
+            "(Lacoste et al. 2019; Patterson et al. 2021). GPT-3 with Patterson et al.'s assumptions\n"
+            "(10,000 V100s at 24.6 TFLOP/s each, 330 W measured per GPU, PUE 1.1, 0.429 kgCO2e/kWh):\n"
+            "  lmlab plan compute gpt3-175b --tokens 300B --accelerator V100-32GB --dtype fp16 --gpus 10000 \\\n"
+            "      --mfu 0.197 --watts 330 --pue 1.1 --grid us       # ~1,287 MWh, ~552 tCO2e\n\n"
+            "grids (kg CO2e per kWh): " + "; ".join(f"{g.name} {g.kg_per_kwh} ({g.source})" for g in GRIDS.values())
         ),
     )
     _add_model_arguments(parser)
@@ -221,6 +228,11 @@ def _add_compute(sub: argparse._SubParsersAction) -> None:
                         help="rental price assumed per accelerator-hour (default 2.0 USD)")
     parser.add_argument("--pue", type=float, default=1.2,
                         help="power usage effectiveness of the data centre, facility / IT power (default 1.2)")
+    parser.add_argument("--watts", type=float,
+                        help="average power per accelerator, if measured (default: the datasheet's board power)")
+    parser.add_argument("--grid", default=DEFAULT_GRID, metavar="NAME|KG_PER_KWH",
+                        help=f"carbon intensity of the electricity: {', '.join(GRIDS)} or a number in kg CO2e per "
+                             f"kWh (default {DEFAULT_GRID})")
     parser.add_argument("--explain", action="store_true", help="show each formula with the numbers put in")
     parser.set_defaults(func=_run_compute)
 
@@ -246,7 +258,10 @@ def _run_compute(args: argparse.Namespace) -> int:
         lines.append(f"  exact (appendix F)  {scientific(exact)} FLOPs = {format_number(exact / PF_DAY)} PF/s-days "
                      f"({exact / flops:.3f} × 6ND, sequences of {seq} tokens)")
         flops = exact
-    plan = plan_compute(flops, args.accelerator, args.dtype, args.gpus, args.mfu, args.usd_per_gpu_hour, args.pue)
+    grid = parse_grid(args.grid)
+    plan = plan_compute(flops, args.accelerator, args.dtype, args.gpus, args.mfu, args.usd_per_gpu_hour, args.pue,
+                        args.watts)
+    footprint = plan.footprint(grid)
     acc, peak = plan.accelerator, plan.accelerator.peak_flops(plan.dtype)
     days = plan.days
     wall = f"{format_number(days)} days" if days >= 1 else f"{format_number(days * 24)} hours"
@@ -258,17 +273,29 @@ def _run_compute(args: argparse.Namespace) -> int:
         f"  wall-clock          {wall}",
         f"  cost                ${format_number(plan.cost_usd)} at ${plan.usd_per_gpu_hour:g} per accelerator-hour "
         f"(assumed)",
-        f"  energy              {format_number(plan.energy_kwh)} kWh ({acc.watts:g} W board power × PUE {plan.pue:g}; "
-        f"CPUs, network and cooling beyond PUE not counted)",
+        f"  energy              {_energy(footprint.energy_kwh)} ({plan.power_watts:g} W "
+        f"{'board power' if args.watts is None else 'per accelerator'} × PUE {plan.pue:g}"
+        f"{'; CPUs, network and storage not counted' if args.watts is None else ''})",
+        f"  carbon              {_mass(footprint.co2e_kg)} CO2e at {grid.kg_per_kwh:g} kg per kWh ({grid.name})",
     ]
     if args.explain:
         lines += [
             f"      hours = C / (peak × MFU) / 3600 = {flops:.4g} / ({peak:.4g} × {plan.mfu:g}) / 3600",
-            f"      days = hours / GPUs / 24; cost = hours × price; kWh = hours × W / 1000 × PUE",
+            f"      days = hours / GPUs / 24; cost = hours × price; kWh = hours × W / 1000 × PUE; "
+            f"CO2e = kWh × kg/kWh",
+            f"      grid: {grid.source}",
             f"      {acc.name}: {acc.source}",
         ]
     print("\n".join(lines))
     return 0
+
+
+def _energy(kwh: float) -> str:
+    return f"{format_number(kwh / 1000)} MWh" if kwh >= 10_000 else f"{format_number(kwh)} kWh"
+
+
+def _mass(kg: float) -> str:
+    return f"{format_number(kg / 1000)} t" if kg >= 10_000 else f"{format_number(kg)} kg"
 
 
 # ----------------------------------------------------------------------------- scaling

@@ -108,13 +108,18 @@ def build_model(config: ModelConfig, state: dict[str, torch.Tensor], source: str
     return model.to(dtype).eval()
 
 
-def save_checkpoint(model: Transformer, out: Path, tokenizer=None, overwrite: bool = False) -> Path:
-    """Write an lmlab checkpoint folder (config + safetensors + tokenizer)."""
+def save_checkpoint(model: Transformer, out: Path, tokenizer=None, overwrite: bool = False, card=None) -> Path:
+    """Write an lmlab checkpoint folder (config + safetensors + tokenizer, and a model card when `card`,
+    lmlab.hub.model_card.CardFacts, is given)."""
     with atomic_folder(out, overwrite) as tmp:
         model.config.save(tmp / LMLAB_CONFIG)
         save_file(_unique_tensors(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
         if tokenizer is not None:
             tokenizer.save(tmp)
+        if card is not None:
+            from lmlab.hub.model_card import write_model_card
+
+            write_model_card(tmp, card)
     return Path(out)
 
 
@@ -164,8 +169,9 @@ def load_hf_folder(folder: Path, dtype: torch.dtype = torch.float32, head: str |
     return build_model(config, state_dict_from_hf(state, config, family_of(hf_config)), str(folder), dtype)
 
 
-def export_hf(model: Transformer, out: Path, tokenizer=None, overwrite: bool = False) -> Path:
-    """Write a Hugging Face folder (config.json, model.safetensors, tokenizer) for `transformers` to load."""
+def export_hf(model: Transformer, out: Path, tokenizer=None, overwrite: bool = False, card=None) -> Path:
+    """Write a Hugging Face folder (config.json, model.safetensors, tokenizer) for `transformers` to load,
+    with a model card (README.md) when `card` (lmlab.hub.model_card.CardFacts) is given."""
     config = model.config
     family = guess_family(config)
     hf_config = hf_config_from_lmlab(config, family)
@@ -182,4 +188,8 @@ def export_hf(model: Transformer, out: Path, tokenizer=None, overwrite: bool = F
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
         if tokenizer is not None:
             tokenizer.save(tmp)
+        if card is not None:
+            from lmlab.hub.model_card import write_model_card
+
+            write_model_card(tmp, card)
     return Path(out)

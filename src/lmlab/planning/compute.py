@@ -12,8 +12,9 @@
   3.14e23 FLOPs, 3,640 PF/s-days).
 - Time at a model FLOPs utilization (MFU: model FLOPs per second over the
   hardware peak; Chowdhery et al. 2022, PaLM, section 4.1, reached 46.2%);
-  energy from board power times the data centre's PUE (power usage
-  effectiveness: facility power over IT power).
+  energy from board power (or a measured system power per accelerator) times
+  the data centre's PUE (power usage effectiveness: facility power over IT
+  power), and CO2e from the grid's carbon intensity (`lmlab.planning.energy`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from lmlab.config import ModelConfig
 from lmlab.errors import LmlabError
 from lmlab.planning.accelerators import Accelerator, get_accelerator
+from lmlab.planning.energy import Footprint, Grid
 from lmlab.planning.units import require_positive
 
 PF_DAY = 1e15 * 86400
@@ -98,6 +100,11 @@ class ComputePlan:
     mfu: float
     usd_per_gpu_hour: float
     pue: float
+    watts: float | None = None  # average power per accelerator; None: the datasheet's board power
+
+    @property
+    def power_watts(self) -> float:
+        return self.accelerator.watts if self.watts is None else self.watts
 
     @property
     def pf_days(self) -> float:
@@ -122,13 +129,19 @@ class ComputePlan:
 
     @property
     def energy_kwh(self) -> float:
-        """Board power for every GPU-hour, times PUE; CPUs, network and storage not counted."""
-        return self.gpu_hours * self.accelerator.watts / 1000.0 * self.pue
+        """Power for every GPU-hour, times PUE (with board power, CPUs, network and storage are not counted)."""
+        return self.gpu_hours * self.power_watts / 1000.0 * self.pue
+
+    def footprint(self, grid: Grid) -> Footprint:
+        """Energy and CO2e of the run on `grid`."""
+        return Footprint(self.gpu_hours, self.power_watts, self.pue, grid)
 
 
 def plan_compute(flops: float, accelerator: str = "A100-80GB", dtype: str = "bf16", gpus: int = 1,
-                 mfu: float = 0.4, usd_per_gpu_hour: float = 2.0, pue: float = 1.2) -> ComputePlan:
-    """Time, cost and energy of `flops` training FLOPs at `mfu` of `accelerator`'s `dtype` peak."""
+                 mfu: float = 0.4, usd_per_gpu_hour: float = 2.0, pue: float = 1.2,
+                 watts: float | None = None) -> ComputePlan:
+    """Time, cost and energy of `flops` training FLOPs at `mfu` of `accelerator`'s `dtype` peak; `watts`
+    replaces the datasheet board power by a measured average (Patterson et al. 2021 measured 330 W per V100)."""
     require_positive("FLOPs", flops)
     acc = get_accelerator(accelerator)
     acc.peak_flops(dtype)
@@ -140,4 +153,6 @@ def plan_compute(flops: float, accelerator: str = "A100-80GB", dtype: str = "bf1
         raise LmlabError(f"price per GPU-hour must not be negative, not {usd_per_gpu_hour:g}")
     if pue < 1:
         raise LmlabError(f"PUE is facility power over IT power, at least 1, not {pue:g}")
-    return ComputePlan(flops, acc, dtype, gpus, mfu, usd_per_gpu_hour, pue)
+    if watts is not None and watts <= 0:
+        raise LmlabError(f"power per accelerator must be positive, not {watts:g} W")
+    return ComputePlan(flops, acc, dtype, gpus, mfu, usd_per_gpu_hour, pue, watts)
