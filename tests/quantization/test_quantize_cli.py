@@ -61,7 +61,11 @@ def test_bf16_is_a_cast_and_defaults_to_the_shipped_dialogues(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--dtype", "int4"], "unknown quantization dtype 'int4' (did you mean: int8?); choose from fp16, bf16, int8"),
+    (["--dtype", "int3"], "unknown quantization dtype 'int3' (did you mean: int8, int4?); choose from fp16, bf16, "
+                          "int8, int4"),
+    (["--dtype", "int4"], "int4 cannot quantize layer decoder.layers.0.ffn"),
+    (["--dtype", "int4", "--group-size", "48"], "int4 group size must be one of 32, 64, 128, not 48"),
+    (["--dtype", "int4", "--scheme", "absmax"], "--scheme only applies to --dtype int8"),
     (["--dtype", "bf8"], "unknown quantization dtype 'bf8' (did you mean: bf16"),
     (["--scheme", "absmx"], "unknown quantization scheme 'absmx' (did you mean: absmax?)"),
     (["--granularity", "row"], "unknown granularity 'row'"),

@@ -11,15 +11,14 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 from lmlab.errors import LmlabError
 from lmlab.generation import GenerationConfig, generate, stream
 from lmlab.generation.chat import chat_ids, user_message
 from lmlab.generation.explain import next_token_table
 from lmlab.hub.resolve import DEFAULT_MODEL, LoadedModel, load_model
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+from lmlab.quantization.int4 import DEFAULT_GROUP_SIZE, GROUP_SIZES
+from lmlab.quantization.weight_format import LOAD_DTYPES
 
 EXAMPLES = """\
 examples:
@@ -62,9 +61,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", default=DEFAULT_MODEL,
                         help=f"embedded model, preset, checkpoint folder, .gguf file or hub id (default: {DEFAULT_MODEL})")
-    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32",
-                        help="number format of the weights: fp32 (4 bytes each) or bf16 (2 bytes, fp32's range "
-                             "with less precision; faster where memory bandwidth is the limit)")
+    parser.add_argument("--dtype", default="fp32", metavar="|".join(LOAD_DTYPES),
+                        help="number format of the weights: fp32 (4 bytes each); bf16 (2 bytes, fp32's range with "
+                             "less precision; computes in bf16 too); int8 (1 byte, one scale per output channel) or "
+                             "int4 (half a byte, a scale and an offset per --group-size inputs): quantized on load "
+                             "and multiplied by PyTorch's low-bit CPU kernels, activations in fp32. Decoding reads "
+                             "every weight once per token, so fewer bytes decode faster (default fp32)")
+    parser.add_argument("--group-size", type=int, metavar="G",
+                        help=f"with --dtype int4: inputs sharing a scale and an offset, one of "
+                             f"{', '.join(map(str, GROUP_SIZES))} (default {DEFAULT_GROUP_SIZE}); smaller is more "
+                             "precise and a little bigger. GGUF Q4_0 / Q4_1 weights keep their own groups of 32")
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -114,7 +120,7 @@ def generation_config(args: argparse.Namespace) -> GenerationConfig:
 
 
 def load(args: argparse.Namespace) -> LoadedModel:
-    return load_model(args.model, dtype=DTYPES[args.dtype])
+    return load_model(args.model, dtype=args.dtype, group_size=args.group_size)
 
 
 def _read_prompts(args: argparse.Namespace) -> list[str]:

@@ -25,6 +25,7 @@ from lmlab.hub.checkpoint import (LMLAB_CONFIG, build_model, is_hf_folder, is_lm
                                   read_hf_config)
 from lmlab.hub.convert import config_from_hf
 from lmlab.models import Transformer
+from lmlab.quantization.weight_format import WeightFormat
 
 
 @dataclass(frozen=True)
@@ -129,31 +130,54 @@ def resolve_config(reference: str) -> ModelConfig:
     return config_from_hf(read_hf_config(path))
 
 
-def load_model(reference: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32, seed: int = 0,
-               head: str | None = None) -> LoadedModel:
-    """Load any model reference as an lmlab Transformer in eval mode, with its tokenizer."""
+def load_model(reference: str = DEFAULT_MODEL, dtype: str | torch.dtype = torch.float32, seed: int = 0,
+               head: str | None = None, group_size: int | None = None) -> LoadedModel:
+    """Load any model reference as an lmlab Transformer in eval mode, with its tokenizer.
+
+    `dtype` is fp32 or bf16 (a name or a torch dtype), or int8 / int4: the weights are quantized on load
+    (int4 in groups of `group_size`, default 64) and the model computes in fp32 with them, through the
+    low-bit CPU kernels (lmlab.quantization.weight_format). A quantized checkpoint keeps the format it
+    was written in (then `dtype` must name it, or fp32 / bf16 for the activations); a GGUF file keeps
+    its Q4_0 / Q4_1 blocks as int4 and its Q8_0 ones as int8 where `dtype` asks for those bits.
+    """
+    weights = WeightFormat.parse(dtype, group_size)
     kind, path = _locate(reference)
     if kind == "preset":
-        model = Transformer(get_preset(reference)).init_weights(seed=seed).to(dtype).eval()
-        return LoadedModel(model, None, reference, f"preset {reference} (random weights, seed {seed})")
+        model = Transformer(get_preset(reference)).init_weights(seed=seed).to(weights.compute_dtype).eval()
+        return LoadedModel(_quantize(model, weights, reference), None, reference,
+                           f"preset {reference} (random weights, seed {seed})")
     if path.suffix == ".gguf":
         from lmlab.hub.gguf import config_from_gguf, open_gguf, state_dict_from_gguf
         from lmlab.tokenizers import tokenizer_from_gguf
 
         reader = open_gguf(path)
         config = config_from_gguf(reader)
-        model = build_model(config, state_dict_from_gguf(reader, config), str(path), dtype)
-        return LoadedModel(model, tokenizer_from_gguf(reader), reference, f"GGUF file {path}")
+        model = build_model(config, state_dict_from_gguf(reader, config), str(path), weights.compute_dtype)
+        return LoadedModel(_quantize(model, weights, reference), tokenizer_from_gguf(reader), reference,
+                           f"GGUF file {path}")
     if kind == "lmlab":
         if (path / "quantization.json").is_file():
             from lmlab.quantization.checkpoint import load_quantized
 
-            return LoadedModel(load_quantized(path, dtype), _tokenizer_or_none(path), reference,
-                               f"quantized lmlab checkpoint {path}")
-        return LoadedModel(load_checkpoint(path, dtype), _tokenizer_or_none(path), reference,
-                           f"lmlab checkpoint {path}")
-    return LoadedModel(load_hf_folder(path, dtype, head=head), _tokenizer_or_none(path), reference,
+            model = load_quantized(path, weights.compute_dtype, expected=weights.spec)
+            return LoadedModel(model, _tokenizer_or_none(path), reference, f"quantized lmlab checkpoint {path}")
+        return LoadedModel(_quantize(load_checkpoint(path, weights.compute_dtype), weights, reference),
+                           _tokenizer_or_none(path), reference, f"lmlab checkpoint {path}")
+    model = load_hf_folder(path, weights.compute_dtype, head=head)
+    return LoadedModel(_quantize(model, weights, reference), _tokenizer_or_none(path), reference,
                        f"Hugging Face folder {path}")
+
+
+def _quantize(model: Transformer, weights: WeightFormat, reference: str) -> Transformer:
+    """Quantize-on-load: every nn.Linear (fused ones included), the token embedding and the LM head."""
+    if weights.spec is None:
+        return model
+    from lmlab.quantization.quantized_linear import quantize_model
+
+    try:
+        return quantize_model(model, weights.spec)
+    except LmlabError as err:
+        raise LmlabError(f"{reference}: {err}") from None
 
 
 def _tokenizer_or_none(folder: Path):

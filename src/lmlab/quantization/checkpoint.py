@@ -5,15 +5,20 @@
                         `<layer>.scale` (fp32) and, for zero-point, `<layer>.zero`
                         (int8); norms and biases in fp32. A tied LM head is not
                         stored: it reads `tok_emb.qweight`.
+                        int4: `<layer>.qweight` (uint8 [out, in / 2], two codes
+                        per byte, low nibble first), `<layer>.scale` and
+                        `<layer>.offset` (bf16 [out, in / group size]): the
+                        portable layout of int4.py, packed for the kernel on load.
                         fp16 / bf16: the usual weights, cast to that dtype.
     quantization.json   {"dtype": "int8", "scheme": ..., "granularity": ...,
-                        "group_size": ..., "include_embeddings": ...} or
-                        {"dtype": "bf16"} / {"dtype": "fp16"}
+                        "group_size": ..., "include_embeddings": ...},
+                        {"dtype": "int4", "group_size": ..., "include_embeddings": ...}
+                        or {"dtype": "bf16"} / {"dtype": "fp16"}
     tokenizer files     when the model has a tokenizer
 
 fp16 / bf16 folders are ordinary lmlab checkpoints (quantization.json only
-records the cast), so `load_checkpoint` reads them too. An int8 folder needs
-`load_quantized`, which rebuilds the same int8 layers on the meta device and
+records the cast), so `load_checkpoint` reads them too. An int8 or int4 folder
+needs `load_quantized`, which rebuilds the same layers on the meta device and
 takes the stored tensors as their buffers.
 """
 
@@ -31,12 +36,14 @@ from lmlab.errors import LmlabError, did_you_mean
 from lmlab.hub.checkpoint import (LMLAB_CONFIG, WEIGHTS, atomic_folder, load_checkpoint, read_safetensors,
                                   save_checkpoint)
 from lmlab.models import Transformer
-from lmlab.quantization.quantized_linear import Int8Matrix, QuantizedEmbedding, is_tied, quantize_model
+from lmlab.quantization.int4 import Int4Embedding, Int4Linear, Int4Spec, TiedInt4Linear
+from lmlab.quantization.quantized_linear import (Int8Matrix, QuantizedEmbedding, is_tied, quantize_model,
+                                                 swap_layers)
 from lmlab.quantization.schemes import QuantSpec
 
 QUANTIZATION_CONFIG = "quantization.json"
 TIED_HEAD = "head.proj.weight"  # stored once, as tok_emb.weight
-DTYPES = ("fp16", "bf16", "int8")
+DTYPES = ("fp16", "bf16", "int8", "int4")
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -49,15 +56,18 @@ def check_dtype(dtype: str) -> str:
 
 @dataclass(frozen=True)
 class QuantizationConfig:
-    """What quantization.json records: the target dtype and, for int8, the spec."""
+    """What quantization.json records: the target dtype and, for int8 and int4, the spec."""
 
     dtype: str
-    spec: QuantSpec | None = None
+    spec: QuantSpec | Int4Spec | None = None
     include_embeddings: bool = True
 
     def to_dict(self) -> dict:
         if self.spec is None:
             return {"dtype": self.dtype}
+        if isinstance(self.spec, Int4Spec):
+            return {"dtype": "int4", "group_size": self.spec.group_size,
+                    "include_embeddings": self.include_embeddings}
         group = {"group_size": self.spec.group_size} if self.spec.granularity == "group" else {}
         return {"dtype": self.dtype, "scheme": self.spec.scheme, "granularity": self.spec.granularity, **group,
                 "include_embeddings": self.include_embeddings}
@@ -66,6 +76,8 @@ class QuantizationConfig:
     def from_dict(cls, data: dict, source: str) -> QuantizationConfig:
         try:
             dtype = check_dtype(data["dtype"])
+            if dtype == "int4":
+                return cls(dtype, Int4Spec(int(data["group_size"])).validate(), bool(data["include_embeddings"]))
             if dtype != "int8":
                 return cls(dtype)
             group_size = int(data["group_size"]) if data["granularity"] == "group" else QuantSpec.group_size
@@ -84,9 +96,12 @@ def quantization_of(model: Transformer) -> QuantizationConfig:
     layers = [m for m in model.modules() if isinstance(m, Int8Matrix)]
     if layers:
         return QuantizationConfig("int8", layers[0].spec, isinstance(model.tok_emb, QuantizedEmbedding))
+    layers = [m for m in model.modules() if isinstance(m, (Int4Linear, Int4Embedding))]
+    if layers:
+        return QuantizationConfig("int4", Int4Spec(layers[0].group_size), isinstance(model.tok_emb, Int4Embedding))
     dtype = {v: k for k, v in TORCH_DTYPES.items()}[model.tok_emb.weight.dtype]
     if dtype == "fp32":
-        raise LmlabError("the model is neither int8-quantized nor cast to fp16 / bf16: save it with save_checkpoint")
+        raise LmlabError("the model is neither quantized nor cast to fp16 / bf16: save it with save_checkpoint")
     return QuantizationConfig(dtype)
 
 
@@ -94,7 +109,7 @@ def save_quantized(model: Transformer, out: Path, tokenizer=None, overwrite: boo
     """Write a quantized (int8) or cast (fp16 / bf16) model as a checkpoint folder, atomically."""
     quantization = quantization_of(model)
     with atomic_folder(Path(out), overwrite) as tmp:
-        if quantization.dtype == "int8":
+        if quantization.spec is not None:
             model.config.save(tmp / LMLAB_CONFIG)
             state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()
                      if name != TIED_HEAD or not is_tied(model)}
@@ -120,16 +135,24 @@ def read_quantization_config(folder: Path) -> QuantizationConfig:
     return QuantizationConfig.from_dict(data, str(path))
 
 
-def load_quantized(folder: Path, dtype: torch.dtype = torch.float32) -> Transformer:
+def load_quantized(folder: Path, dtype: torch.dtype = torch.float32,
+                   expected: QuantSpec | Int4Spec | None = None) -> Transformer:
     """Load a folder written by `save_quantized` as a model in eval mode.
 
-    int8 layers stay int8 (their scales, norms and biases take `dtype`);
-    an fp16 / bf16 folder loads as `dtype`, like any lmlab checkpoint.
+    int8 and int4 layers stay so (activations, norms and biases take `dtype`);
+    an fp16 / bf16 folder loads as `dtype`, like any lmlab checkpoint, and is
+    then quantized to `expected` if given. A low-bit folder must hold the kind
+    of weights `expected` names (int8 or int4), if given.
     """
     folder = Path(folder)
     quantization = read_quantization_config(folder)
-    if quantization.dtype != "int8":
-        return load_checkpoint(folder, dtype)
+    if quantization.spec is None:
+        model = load_checkpoint(folder, dtype)
+        return quantize_model(model, expected) if expected is not None else model
+    if expected is not None and type(expected) is not type(quantization.spec):
+        asked = "int4" if isinstance(expected, Int4Spec) else "int8"
+        raise LmlabError(f"{folder} holds {quantization.dtype} weights, not {asked}: load it with --dtype "
+                         f"{quantization.dtype} (or fp32 / bf16, the dtype of the activations)")
     if not (folder / WEIGHTS).is_file():
         raise LmlabError(f"{folder} has no {WEIGHTS}")
     config = ModelConfig.load(folder / LMLAB_CONFIG)
@@ -137,7 +160,10 @@ def load_quantized(folder: Path, dtype: torch.dtype = torch.float32) -> Transfor
     with torch.device("meta"):  # no memory and no random init for weights about to be replaced
         model = Transformer(config)
     model.materialize(torch.device("cpu"))
-    quantize_model(model, quantization.spec, quantization.include_embeddings)  # int8 layers, still on meta
+    if isinstance(quantization.spec, Int4Spec):
+        int4_skeleton(model, quantization.spec, quantization.include_embeddings)
+    else:
+        quantize_model(model, quantization.spec, quantization.include_embeddings)  # int8 layers, still on meta
     tied = is_tied(model)  # a float LM head tied to a float embedding (include_embeddings=False)
     expected = set(model.state_dict()) - ({TIED_HEAD} if tied else set())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
@@ -151,3 +177,13 @@ def load_quantized(folder: Path, dtype: torch.dtype = torch.float32) -> Transfor
     if tied:
         model.tie_weights()
     return model.to(dtype).eval()
+
+
+def int4_skeleton(model: Transformer, spec: Int4Spec, include_embeddings: bool) -> Transformer:
+    """Swap in empty int4 layers (on the meta device) for load_state_dict to fill."""
+    group, meta = spec.group_size, torch.device("meta")
+    return swap_layers(
+        model, include_embeddings,
+        lambda linear: Int4Linear(linear.in_features, linear.out_features, linear.bias is not None, group, meta),
+        lambda embedding: Int4Embedding(embedding.num_embeddings, embedding.embedding_dim, group, meta),
+        lambda head, embedding: TiedInt4Linear(embedding, head.bias is not None))

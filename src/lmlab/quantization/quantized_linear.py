@@ -1,20 +1,31 @@
 """Layers that keep their weight matrix in int8 and compute with it, and the swap that installs them.
 
 Weight-only quantization: the matrix is stored as int8 plus scales (see
-schemes.py) and dequantized on the fly, W ≈ (q - zero) · scale, in the dtype of
-the activations, right before the matmul: y = x Ŵᵀ + b. Memory for weights
+schemes.py), W ≈ (q - zero) · scale, and y = x Ŵᵀ + b. Memory for weights
 drops about 4× against fp32; activations, norms and biases stay in float.
-One case has an int8 kernel instead: absmax per-channel weights with bf16
-activations on the CPU go through torch._weight_int8pack_mm (the kernel of
-torchao's int8 weight-only quantization), which reads the int8 weights
-directly and scales each output channel, y_i = scale_i · (x · q_i). It is the
-memory traffic that bounds decoding, so this is the fastest path for a
-token at a time (benchmarks/bench_quantize.py measures it); with fp32
-activations that kernel is no faster than dequantizing, so they dequantize.
+
+Per-channel and per-tensor weights are multiplied by PyTorch's int8
+weight-only CPU kernel, torch.ops.aten._weight_int8pack_mm (the kernel of
+torchao's int8 weight-only quantization), which reads the int8 rows directly
+and scales each output channel: y_i = scale_i · (x · q_i). No float copy of
+the matrix is made, so decoding reads 1 byte per weight instead of 4. A
+zero point adds one correction per row of x: x · (q_i - z_i) = x · q_i - z_i Σx.
+In torch 2.13 the kernel is vectorized (AVX-512 / AVX2 FMAs) on x86 for bf16
+inputs only, and fp32 inputs take a scalar loop several times slower than
+fp32 F.linear; so the layer rounds its input to bf16 for the kernel (8
+significant bits against the weights' 7) and returns the result in the
+input's dtype (the kernel's own output is bf16). It uses no AMX or
+AVX512-BF16 instructions, so it runs alike on CPUs with and without them.
+benchmarks/bench_lowbit_matmul.py compares it with dequantizing and with
+int4 (docs/inference.md).
+
+Group-wise int8 has no such kernel: it is dequantized on the fly, in the
+activations' dtype, right before F.linear (slow: a float copy per call).
+int4 (int4.py) is group-wise and has its own kernel.
 
 What `quantize_model` quantizes: every nn.Linear of the transformer and, unless
 include_embeddings=False, the token embedding and the LM head. For a tied LM
-head (Press & Wolf 2017; SmolLM2, GPT-2) the one int8 table serves both: the
+head (Press & Wolf 2017; SmolLM2, GPT-2) the one quantized table serves both: the
 embedding gathers and dequantizes the rows of the tokens it looks up, and the
 head multiplies by the whole table. Per-channel scales of the table are per
 token row, which is per output channel of the head. The token embedding is a
@@ -30,7 +41,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmlab.errors import LmlabError
 from lmlab.models import Transformer
+from lmlab.quantization.int4 import (ROW_BLOCK, Int4Embedding, Int4Linear, Int4Spec, TiedInt4Linear,
+                                     int4_shape_problem)
+from lmlab.quantization.tied import TiedHead
 from lmlab.quantization.schemes import QuantizedTensor, QuantSpec, quantize
 
 
@@ -61,23 +76,60 @@ class Int8Matrix(nn.Module):
         if quantized.zero is not None:
             self.zero = quantized.zero
 
+    def kernel_operands(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The kernel's int8 matrix (aligned), per-row scales (bf16 [rows]) and, for zero-point,
+        scale · zero per row (fp32).
+
+        Kept until the buffers change (a load, a `.to(dtype)`), so a decoding step makes no new tensor.
+        """
+        buffers = (self.qweight, self.scale, self.zero)
+        cached = self.__dict__.get("_kernel_cache")
+        if cached is None or any(a is not b for a, b in zip(cached[0], buffers)):
+            self.qweight = aligned(self.qweight)  # a loaded file's tensors may start anywhere
+            rows = self.qweight.shape[0]
+            scale = self.scale.float().expand(rows, 1).reshape(rows)
+            zero = None if self.zero is None else scale * self.zero.float().expand(rows, 1).reshape(rows)
+            buffers = (self.qweight, self.scale, self.zero)
+            cached = self.__dict__["_kernel_cache"] = (buffers, scale.to(KERNEL_DTYPE), zero)
+        return self.qweight, cached[1], cached[2]
+
     def extra_repr(self) -> str:
         rows, columns = self.qweight.shape
         return f"{rows}×{columns} int8, {self.spec.scheme}, per {self.spec.granularity}" + (
             f" of {self.spec.group_size}" if self.spec.granularity == "group" else "")
 
 
+KERNEL_DTYPE = torch.bfloat16
+
+
+KERNEL_ALIGNMENT = 64  # bytes; the kernel's aligned vector loads need rows on 16- and 32-byte boundaries
+
+
+def has_kernel(weights: Int8Matrix, x: torch.Tensor) -> bool:
+    """True if `_weight_int8pack_mm` can multiply x by these weights: one scale per row, a CPU input, and
+    rows of a multiple of 16 columns (it loads 16 at a time, aligned)."""
+    return (weights.spec.granularity in ("channel", "tensor") and x.device.type == "cpu"
+            and weights.qweight.shape[1] % 16 == 0)
+
+
+def aligned(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` contiguous and starting on a KERNEL_ALIGNMENT boundary (a copy only if it is not)."""
+    tensor = tensor.contiguous()
+    return tensor if tensor.data_ptr() % KERNEL_ALIGNMENT == 0 else tensor.clone()
+
+
 def int8_linear(x: torch.Tensor, weights: Int8Matrix, bias: torch.Tensor | None) -> torch.Tensor:
-    """y = x Ŵᵀ + b with the int8 matrix of `weights`, in x's dtype."""
+    """y = x Ŵᵀ + b with the int8 matrix of `weights`, in x's dtype (module docstring)."""
     bias = bias.to(x.dtype) if bias is not None else None
-    spec = weights.spec
-    if (x.dtype == torch.bfloat16 and x.device.type == "cpu" and spec.scheme == "absmax"
-            and spec.granularity == "channel"):
-        rows = x.reshape(-1, x.shape[-1])
-        y = torch._weight_int8pack_mm(rows, weights.qweight, weights.scale.reshape(-1).to(x.dtype))
-        y = y.reshape(*x.shape[:-1], y.shape[-1])
-        return y + bias if bias is not None else y
-    return F.linear(x, weights.quantized.dequantize(x.dtype), bias)
+    if not has_kernel(weights, x):
+        return F.linear(x, weights.quantized.dequantize(x.dtype), bias)
+    qweight, scale, scaled_zero = weights.kernel_operands()
+    rows = aligned(x.reshape(-1, x.shape[-1]).to(KERNEL_DTYPE))
+    y = torch.ops.aten._weight_int8pack_mm(rows, qweight, scale).to(x.dtype)
+    if scaled_zero is not None:  # the same bf16 inputs as the kernel's
+        y = y - rows.sum(dim=-1, keepdim=True, dtype=torch.float32).to(x.dtype) * scaled_zero.to(x.dtype)
+    y = y.reshape(*x.shape[:-1], y.shape[-1])
+    return y + bias if bias is not None else y
 
 
 class QuantizedLinear(Int8Matrix):
@@ -120,26 +172,8 @@ class QuantizedEmbedding(Int8Matrix):
         return rows.reshape(*input_ids.shape, self.embedding_dim)
 
 
-class TiedQuantizedLinear(nn.Module):
-    """The LM head of a tied model: logits = x Êᵀ (+ b) with Ê the int8 embedding table, stored once.
-
-    The table is owned (registered) by the embedding only, so the state dict
-    holds it once and `.to(device)` moves it once; this module just reads it.
-    BERT's tied MLM head keeps its own bias.
-    """
-
-    def __init__(self, embedding: QuantizedEmbedding, bias: bool) -> None:
-        super().__init__()
-        object.__setattr__(self, "embedding", embedding)  # a reference, not a submodule
-        device = embedding.qweight.device
-        self.bias = nn.Parameter(torch.zeros(embedding.num_embeddings, device=device), False) if bias else None
-
-    @classmethod
-    def from_float(cls, linear: nn.Linear, embedding: QuantizedEmbedding) -> TiedQuantizedLinear:
-        head = cls(embedding, linear.bias is not None)
-        if linear.bias is not None:
-            head.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
-        return head
+class TiedQuantizedLinear(TiedHead):
+    """The LM head of a tied model: logits = x Êᵀ (+ b) with Ê the int8 embedding table, stored once."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return int8_linear(x, self.embedding, self.bias)
@@ -188,10 +222,33 @@ def swap_layers(
     return model
 
 
+def check_int4_shapes(model: Transformer, spec: Int4Spec, include_embeddings: bool = True) -> None:
+    """Refuse, naming the first layer, a model whose shapes the int4 kernel cannot take (before any swap)."""
+    projection = lm_head_projection(model)
+    skip = projection if (is_tied(model) or not include_embeddings) else None
+    shapes = [(name, m.in_features, m.out_features) for name, m in model.named_modules()
+              if isinstance(m, nn.Linear) and m is not skip]
+    if include_embeddings:
+        vocab, width = model.tok_emb.weight.shape
+        shapes.append(("tok_emb (and the tied LM head)" if is_tied(model) else "tok_emb", width,
+                       vocab if is_tied(model) else ROW_BLOCK))
+    for name, in_features, out_features in shapes:
+        problem = int4_shape_problem(in_features, out_features, spec.group_size)
+        if problem:
+            raise LmlabError(f"int4 cannot quantize layer {name}: {problem}")
+
+
 @torch.no_grad()
-def quantize_model(model: Transformer, spec: QuantSpec, include_embeddings: bool = True) -> Transformer:
-    """Swap, in place, the linear layers (and the token embedding and LM head) for int8 ones; return the model."""
+def quantize_model(model: Transformer, spec: QuantSpec | Int4Spec, include_embeddings: bool = True) -> Transformer:
+    """Swap, in place, every nn.Linear (and the token embedding and LM head) for int8 or int4 ones; return
+    the model. Any nn.Linear is taken, so layers fused beforehand (one q/k/v matrix) are quantized as one."""
     spec.validate()
-    swap_layers(model, include_embeddings, lambda linear: QuantizedLinear.from_float(linear, spec),
-                lambda embedding: QuantizedEmbedding.from_float(embedding, spec), TiedQuantizedLinear.from_float)
+    if isinstance(spec, Int4Spec):
+        check_int4_shapes(model, spec, include_embeddings)
+        group = spec.group_size
+        swap_layers(model, include_embeddings, lambda linear: Int4Linear.from_float(linear, group),
+                    lambda embedding: Int4Embedding.from_float(embedding, group), TiedInt4Linear.from_float)
+    else:
+        swap_layers(model, include_embeddings, lambda linear: QuantizedLinear.from_float(linear, spec),
+                    lambda embedding: QuantizedEmbedding.from_float(embedding, spec), TiedQuantizedLinear.from_float)
     return model.eval()

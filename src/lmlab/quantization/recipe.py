@@ -22,7 +22,8 @@ from lmlab.hub.resolve import EMBEDDED, LoadedModel, embedded_path, load_model
 from lmlab.models import Transformer
 from lmlab.quantization.checkpoint import (TORCH_DTYPES, check_dtype, is_quantized_checkpoint, load_quantized,
                                            save_quantized)
-from lmlab.quantization.quantized_linear import quantize_model
+from lmlab.quantization.int4 import Int4Spec
+from lmlab.quantization.quantized_linear import check_int4_shapes, quantize_model
 from lmlab.quantization.schemes import QuantSpec
 from lmlab.resources import resource_path
 
@@ -37,7 +38,7 @@ class QuantizeResult:
     reference: str
     out: Path
     dtype: str
-    spec: QuantSpec | None
+    spec: QuantSpec | Int4Spec | None
     include_embeddings: bool
     source: Path | None  # the file or folder the model was loaded from (None for presets and hub ids)
     source_bytes: int | None
@@ -118,7 +119,7 @@ def quantize_checkpoint(
     reference: str,
     out: Path,
     dtype: str = "int8",
-    spec: QuantSpec | None = None,
+    spec: QuantSpec | Int4Spec | None = None,
     include_embeddings: bool = True,
     evaluate: bool = True,
     eval_text: Path | None = None,
@@ -126,22 +127,26 @@ def quantize_checkpoint(
     overwrite: bool = False,
     progress: bool = True,
 ) -> QuantizeResult:
-    """Quantize the model `reference` to `dtype` (int8 with `spec`, or an fp16 / bf16 cast) into folder `out`."""
+    """Quantize the model `reference` to `dtype` (int8 or int4 with `spec`, or an fp16 / bf16 cast) into folder
+    `out`."""
     check_dtype(dtype)
-    spec = (spec or QuantSpec()).validate() if dtype == "int8" else None
+    default = {"int8": QuantSpec(), "int4": Int4Spec()}.get(dtype)
+    spec = (spec or default).validate() if default is not None else None
     if Path(reference).expanduser().is_dir() and is_quantized_checkpoint(Path(reference).expanduser()):
         raise LmlabError(f"{reference} is already quantized; quantize the original model instead")
     loaded = load_model(reference)
     model = loaded.model
+    if isinstance(spec, Int4Spec):
+        check_int4_shapes(model, spec, include_embeddings)  # before the minutes of perplexity
     ids, eval_source = _eval_ids(loaded, eval_text, eval_tokens) if evaluate else ([], None)
     before = _perplexity(model, ids, progress) if evaluate else None
     weight_bytes_before = tensor_bytes(model)
-    if dtype == "int8":
+    if spec is not None:
         quantize_model(model, spec, include_embeddings)
     else:
         model.to(TORCH_DTYPES[dtype])
     save_quantized(model, out, loaded.tokenizer, overwrite)
-    reloaded = load_quantized(out, torch.float32 if dtype == "int8" else TORCH_DTYPES[dtype])
+    reloaded = load_quantized(out, torch.float32 if spec is not None else TORCH_DTYPES[dtype])
     after = _perplexity(reloaded, ids, progress) if evaluate else None
     source = _source(reference)
     return QuantizeResult(reference, Path(out), dtype, spec, include_embeddings, source,

@@ -1,0 +1,297 @@
+"""int4 group-wise weight-only quantization, multiplied by PyTorch's CPU kernel on the packed codes.
+
+Each row of a weight matrix W [out, in] is cut into groups of G consecutive inputs (G = 32, 64 or
+128, as in GPTQ and AWQ; llama.cpp's Q4_0 / Q4_1 use G = 32). A group keeps 4-bit codes q ∈ {0..15},
+a scale s and an offset z (asymmetric min-max, the formula of llama.cpp's Q4_1):
+
+    s = (max - min) / 15,   q = clamp(round((w - min) / s), 0, 15),   ŵ = min + q·s = (q - 8)·s + z,
+    z = min + 8·s
+
+so every weight is within s/2 of its stored value (a constant group gets s = 0 and z = the constant).
+The (q - 8)·s + z form is the one of the kernel below (and of torchao's int4 weight-only layout).
+
+The matmul y = x Ŵᵀ + b runs on `torch.ops.aten._weight_int4pack_mm_for_cpu`, which reads two codes
+per byte, in the layout `_convert_weight_to_int4pack_for_cpu` writes, and dequantizes them in
+registers, group by group: no float copy of W is ever made. In torch 2.13 the kernel is vectorized on
+x86 (AVX-512 FMAs; AVX2 on older CPUs) for bf16 inputs only; fp32 inputs take a scalar loop that is
+10-50× slower. So the layer rounds its input to bf16 (8 significant bits, finer than the 4-bit
+weights), keeps s and z in bf16, accumulates in fp32 inside the kernel, and returns the kernel's bf16
+result in the input's dtype. The kernel uses no AMX or AVX512-BF16 instructions (bf16 is widened to
+fp32 by shifts), so it runs alike on CPUs with and without them. benchmarks/bench_lowbit_matmul.py
+compares it with the alternatives (docs/inference.md).
+
+The kernel's constraints: out_features a multiple of 16 (it packs blocks of 16-64 rows) and
+in_features a multiple of G. The packed layout depends on the CPU (64-row blocks with AVX-512, 32
+with AVX2), so checkpoints store the codes in a portable layout instead, two per byte along the row
+(low nibble = even column), and the layer packs them when it loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lmlab.errors import LmlabError
+from lmlab.quantization.tied import TiedHead
+
+GROUP_SIZES = (32, 64, 128)
+DEFAULT_GROUP_SIZE = 64
+ROW_BLOCK = 16  # the kernel packs rows in blocks of 16
+KERNEL_DTYPE = torch.bfloat16
+
+
+def check_group_size(group_size: int) -> int:
+    if group_size not in GROUP_SIZES:
+        raise LmlabError(f"int4 group size must be one of {', '.join(map(str, GROUP_SIZES))}, not {group_size}")
+    return group_size
+
+
+@dataclass(frozen=True)
+class Int4Spec:
+    """int4 weights in groups of `group_size` inputs (min-max, a scale and an offset per group)."""
+
+    group_size: int = DEFAULT_GROUP_SIZE
+
+    def validate(self) -> Int4Spec:
+        check_group_size(self.group_size)
+        return self
+
+
+def int4_shape_problem(in_features: int, out_features: int, group_size: int) -> str | None:
+    """Why the int4 kernel cannot take a [out_features, in_features] matrix with this group size, or None."""
+    if in_features % group_size:
+        fits = [g for g in GROUP_SIZES if in_features % g == 0]
+        hint = f"; --group-size {fits[-1]} fits" if fits else f"; no int4 group size ({GROUP_SIZES}) divides it"
+        return f"in_features {in_features} is not a multiple of the group size {group_size}{hint}"
+    if out_features % ROW_BLOCK:
+        return f"out_features {out_features} is not a multiple of {ROW_BLOCK} (the kernel packs rows by 16)"
+    return None
+
+
+def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
+    """Codes 0..15, [rows, columns] (even columns) -> uint8 [rows, columns / 2], low nibble = even column."""
+    codes = codes.to(torch.uint8)
+    return codes[:, 0::2] | (codes[:, 1::2] << 4)
+
+
+def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
+    """The inverse of pack_nibbles: uint8 [rows, columns / 2] -> codes uint8 [rows, columns]."""
+    return torch.stack([packed & 15, packed >> 4], dim=-1).reshape(*packed.shape[:-1], -1)
+
+
+@dataclass
+class Int4Tensor:
+    """Codes `q` (uint8 0..15, [rows, columns]) with `scale` and `offset` [rows, columns / group_size]."""
+
+    q: torch.Tensor
+    scale: torch.Tensor
+    offset: torch.Tensor
+    group_size: int
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """ŵ = (q - 8)·s + z, computed in fp32."""
+        rows, columns = self.q.shape
+        groups = self.q.reshape(rows, -1, self.group_size).float() - 8
+        values = groups * self.scale.float().unsqueeze(-1) + self.offset.float().unsqueeze(-1)
+        return values.reshape(rows, columns).to(dtype)
+
+    def select_rows(self, index: torch.Tensor) -> Int4Tensor:
+        return Int4Tensor(self.q[index], self.scale[index], self.offset[index], self.group_size)
+
+    def to(self, dtype: torch.dtype) -> Int4Tensor:
+        """The scales and offsets in `dtype` (bf16 for the kernel); codes unchanged."""
+        return Int4Tensor(self.q, self.scale.to(dtype), self.offset.to(dtype), self.group_size)
+
+
+def quantize_int4(weight: torch.Tensor, group_size: int) -> Int4Tensor:
+    """Min-max int4 quantization of a 2-D matrix in groups of `group_size` columns (module docstring)."""
+    rows, columns = weight.shape
+    groups = weight.detach().float().reshape(rows, columns // group_size, group_size)
+    lo, hi = groups.aminmax(dim=-1)
+    scale = (hi - lo) / 15
+    safe = torch.where(scale == 0, torch.ones_like(scale), scale)
+    q = torch.round((groups - lo.unsqueeze(-1)) / safe.unsqueeze(-1)).clamp(0, 15).to(torch.uint8)
+    return Int4Tensor(q.reshape(rows, columns), scale, lo + 8 * scale, group_size)
+
+
+def kernel_matmul(x: torch.Tensor, packed: torch.Tensor, group_size: int, scale_offset: torch.Tensor) -> torch.Tensor:
+    """x [..., in] Ŵᵀ with the packed int4 matrix, in x's dtype (the kernel computes on bf16 inputs)."""
+    if x.device.type != "cpu":
+        raise LmlabError(f"int4 layers run on PyTorch's CPU kernel; the input is on {x.device}")
+    rows = x.reshape(-1, x.shape[-1]).to(KERNEL_DTYPE).contiguous()
+    y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, packed, group_size, scale_offset)
+    return y.reshape(*x.shape[:-1], y.shape[-1]).to(x.dtype)
+
+
+def kernel_operands(quantized: Int4Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(packed codes in the kernel's layout, scales and offsets as [groups, rows, 2] in bf16)."""
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(quantized.q.to(torch.int32).contiguous(), 1)
+    scale_offset = torch.stack([quantized.scale, quantized.offset], dim=-1).transpose(0, 1)
+    return packed, scale_offset.to(KERNEL_DTYPE).contiguous()
+
+
+class Int4Linear(nn.Module):
+    """y = x Ŵᵀ + b with Ŵ held as packed int4 codes, bf16 scales and offsets (module docstring).
+
+    In memory the codes are in the kernel's CPU-specific layout; the state dict holds them portable
+    (`qweight`: uint8 [out, in / 2], two codes per byte; `scale`, `offset`: bf16 [out, in / G]). The
+    kernel multiplies the identity matrix to read its own layout back (exactly: each output is one code).
+    The kernel's operands are plain attributes, not buffers: `.to(dtype)` leaves them as the kernel needs.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, group_size: int = DEFAULT_GROUP_SIZE,
+                 device: torch.device | str | None = None) -> None:
+        super().__init__()
+        problem = int4_shape_problem(in_features, out_features, check_group_size(group_size))
+        if problem:
+            raise LmlabError(f"int4 cannot take this layer: {problem}")
+        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        self.bias = nn.Parameter(torch.zeros(out_features, device=device), False) if bias else None
+        self.packed: torch.Tensor | None = None
+        self.scale_offset: torch.Tensor | None = None
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, group_size: int = DEFAULT_GROUP_SIZE) -> Int4Linear:
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, group_size)
+        layer.store(quantize_int4(linear.weight, group_size))
+        if linear.bias is not None:
+            layer.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        return layer
+
+    def store(self, quantized: Int4Tensor) -> None:
+        self.packed, self.scale_offset = kernel_operands(quantized)
+
+    @torch.no_grad()
+    def quantized(self) -> Int4Tensor:
+        """The codes, scales and offsets, read back from the kernel's layout."""
+        eye = torch.eye(self.in_features, dtype=KERNEL_DTYPE)
+        unit = torch.tensor([1.0, 8.0], dtype=KERNEL_DTYPE).expand_as(self.scale_offset).contiguous()
+        codes = torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.packed, self.group_size, unit)
+        scale, offset = self.scale_offset.transpose(0, 1).unbind(-1)
+        return Int4Tensor(codes.t().to(torch.uint8), scale, offset, self.group_size)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized matrix, for code that reads `.weight` (computed, not stored)."""
+        return self.quantized().dequantize()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = kernel_matmul(x, self.packed, self.group_size, self.scale_offset)
+        return y + self.bias.to(y.dtype) if self.bias is not None else y
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        rows, columns, groups = self.out_features, self.in_features, self.in_features // self.group_size
+        if self.packed is None:  # a skeleton about to be loaded: shapes only
+            meta = dict(device="meta")
+            destination[prefix + "qweight"] = torch.empty(rows, columns // 2, dtype=torch.uint8, **meta)
+            destination[prefix + "scale"] = torch.empty(rows, groups, dtype=KERNEL_DTYPE, **meta)
+            destination[prefix + "offset"] = torch.empty(rows, groups, dtype=KERNEL_DTYPE, **meta)
+        else:
+            quantized = self.quantized()
+            destination[prefix + "qweight"] = pack_nibbles(quantized.q)
+            destination[prefix + "scale"], destination[prefix + "offset"] = quantized.scale, quantized.offset
+        if self.bias is not None:
+            destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        names = ["qweight", "scale", "offset"] + (["bias"] if self.bias is not None else [])
+        missing = [prefix + name for name in names if prefix + name not in state_dict]
+        if missing:
+            missing_keys.extend(missing)
+            return
+        qweight, scale, offset = (state_dict[prefix + name] for name in names[:3])
+        groups = self.in_features // self.group_size
+        expected = {"qweight": (self.out_features, self.in_features // 2), "scale": (self.out_features, groups),
+                    "offset": (self.out_features, groups)}
+        for name, tensor in zip(names, (qweight, scale, offset)):
+            if tuple(tensor.shape) != expected[name]:
+                error_msgs.append(f"size mismatch for {prefix}{name}: {tuple(tensor.shape)} in the checkpoint, "
+                                  f"{expected[name]} in the model")
+                return
+        self.store(Int4Tensor(unpack_nibbles(qweight), scale.float(), offset.float(), self.group_size))
+        if self.bias is not None:
+            self.bias = nn.Parameter(state_dict[prefix + "bias"].detach().clone().float(), requires_grad=False)
+        for key in state_dict:
+            if key.startswith(prefix) and key[len(prefix):] not in names and strict:
+                unexpected_keys.append(key)
+
+    def extra_repr(self) -> str:
+        return f"{self.out_features}×{self.in_features} int4, groups of {self.group_size}"
+
+
+class Int4Embedding(nn.Module):
+    """A token embedding table in int4: a lookup dequantizes only the rows it gathers.
+
+    Buffers `qweight` (uint8 [num_embeddings, embedding_dim / 2], two codes per byte), `scale` and
+    `offset` ([num_embeddings, embedding_dim / G]; they follow the model's dtype and hold bf16 values).
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, group_size: int = DEFAULT_GROUP_SIZE,
+                 device: torch.device | str | None = None) -> None:
+        super().__init__()
+        if embedding_dim % check_group_size(group_size):
+            raise LmlabError(f"int4 cannot take the token embedding: embedding_dim {embedding_dim} is not a "
+                             f"multiple of the group size {group_size}")
+        self.num_embeddings, self.embedding_dim, self.group_size = num_embeddings, embedding_dim, group_size
+        groups = embedding_dim // group_size
+        self.register_buffer("qweight", torch.zeros(num_embeddings, embedding_dim // 2, dtype=torch.uint8,
+                                                    device=device))
+        self.register_buffer("scale", torch.ones(num_embeddings, groups, device=device))
+        self.register_buffer("offset", torch.zeros(num_embeddings, groups, device=device))
+
+    @classmethod
+    def from_float(cls, embedding: nn.Embedding, group_size: int = DEFAULT_GROUP_SIZE) -> Int4Embedding:
+        table = cls(embedding.num_embeddings, embedding.embedding_dim, group_size)
+        table.store(quantize_int4(embedding.weight, group_size))
+        return table
+
+    def store(self, quantized: Int4Tensor) -> None:
+        self.qweight = pack_nibbles(quantized.q)
+        # bf16 values (what the kernel of a tied head computes with), kept in the buffers' float dtype
+        self.scale = quantized.scale.to(KERNEL_DTYPE).to(self.scale.dtype)
+        self.offset = quantized.offset.to(KERNEL_DTYPE).to(self.offset.dtype)
+
+    @property
+    def quantized(self) -> Int4Tensor:
+        return Int4Tensor(unpack_nibbles(self.qweight), self.scale, self.offset, self.group_size)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.quantized.dequantize(self.scale.dtype)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        index = input_ids.reshape(-1)
+        rows = Int4Tensor(unpack_nibbles(self.qweight[index]), self.scale[index], self.offset[index],
+                          self.group_size)
+        return rows.dequantize(self.scale.dtype).reshape(*input_ids.shape, self.embedding_dim)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}×{self.embedding_dim} int4, groups of {self.group_size}"
+
+
+class TiedInt4Linear(TiedHead):
+    """The LM head of a tied model: logits = x Êᵀ (+ b) with Ê the int4 embedding table, stored once.
+
+    The head keeps the kernel's packed copy of the table (half a byte per weight), made on first use
+    and again whenever the table changes (a load, a `.to(dtype)`).
+    """
+
+    def __init__(self, embedding: Int4Embedding, bias: bool) -> None:
+        problem = int4_shape_problem(embedding.embedding_dim, embedding.num_embeddings, embedding.group_size)
+        if problem:
+            raise LmlabError(f"int4 cannot take the tied LM head: {problem}")
+        super().__init__(embedding, bias)
+        self._operands: tuple[torch.Tensor, ...] = ()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        table = self.embedding
+        if not self._operands or self._operands[0] is not table.qweight or self._operands[1] is not table.scale:
+            self._operands = (table.qweight, table.scale, *kernel_operands(table.quantized))
+        y = kernel_matmul(x, self._operands[2], table.group_size, self._operands[3])
+        return y + self.bias.to(y.dtype) if self.bias is not None else y
+
+    def extra_repr(self) -> str:
+        return "tied to the int4 token embedding"

@@ -1,0 +1,59 @@
+"""The number format a model is loaded in: fp32, bf16, int8 or int4 weights (quantized on load).
+
+fp32 and bf16 are the dtype of the weights and of the computation. int8 (absmax, one scale per output
+channel) and int4 (min-max, a scale and an offset per group of `group_size` inputs) are weight-only
+formats: the matrices of every nn.Linear, the token embedding and the LM head become low-bit layers
+that the CPU kernels multiply directly (quantized_linear.py, int4.py), while activations, norms and
+the attention stay in fp32. Every command that loads a model takes these through one option
+(`--dtype`, `--group-size`) and one function (`lmlab.hub.resolve.load_model`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lmlab.errors import LmlabError, did_you_mean
+from lmlab.quantization.int4 import DEFAULT_GROUP_SIZE, GROUP_SIZES, Int4Spec
+from lmlab.quantization.schemes import QuantSpec
+
+LOAD_DTYPES = ("fp32", "bf16", "int8", "int4")
+FLOAT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+INT8_SPEC = QuantSpec("absmax", "channel")  # the format with a kernel
+
+
+@dataclass(frozen=True)
+class WeightFormat:
+    """`name` (one of LOAD_DTYPES), the dtype the model computes in, and the low-bit spec (None for floats)."""
+
+    name: str
+    compute_dtype: torch.dtype
+    spec: QuantSpec | Int4Spec | None = None
+
+    @classmethod
+    def parse(cls, dtype: str | torch.dtype, group_size: int | None = None) -> WeightFormat:
+        """Check a user's dtype (a name or a torch float dtype) and group size (int4 only; default 64)."""
+        if isinstance(dtype, torch.dtype):
+            if not dtype.is_floating_point or group_size is not None:
+                raise LmlabError(f"a torch dtype ({dtype}) loads float weights; name int8 or int4 for low-bit ones")
+            return cls(str(dtype).removeprefix("torch."), dtype)
+        if dtype not in LOAD_DTYPES:
+            raise LmlabError(f"unknown dtype {dtype!r}{did_you_mean(str(dtype), LOAD_DTYPES)}; "
+                             f"choose from {', '.join(LOAD_DTYPES)}")
+        if group_size is not None and dtype != "int4":
+            raise LmlabError(f"--group-size applies to --dtype int4, not {dtype}")
+        if dtype == "int4":
+            group = DEFAULT_GROUP_SIZE if group_size is None else group_size
+            if group not in GROUP_SIZES:
+                raise LmlabError(f"unsupported int4 group size {group}: choose from "
+                                 f"{', '.join(map(str, GROUP_SIZES))}")
+            return cls(dtype, torch.float32, Int4Spec(group))
+        if dtype == "int8":
+            return cls(dtype, torch.float32, INT8_SPEC)
+        return cls(dtype, FLOAT_DTYPES[dtype])
+
+    def describe(self) -> str:
+        if isinstance(self.spec, Int4Spec):
+            return f"int4 weights (groups of {self.spec.group_size}), fp32 activations"
+        return "int8 weights (per channel), fp32 activations" if self.spec else self.name
