@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,12 +79,31 @@ class ModelConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self._check_types()
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         if self.d_head is None and self.n_head > 0:
             self.d_head = self.d_model // self.n_head
         if self.n_decoder_layer is None:
             self.n_decoder_layer = self.n_layer if self.arch == "encoder-decoder" else 0
+
+    def _check_types(self) -> None:
+        """Each field holds a value of its declared type (a config read from JSON or `--set` may not)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            kind = f.type.removesuffix(" | None")
+            if value is None and f.type.endswith("| None"):
+                continue
+            if kind == "int":
+                ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            elif kind == "float":
+                ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+            else:
+                ok = isinstance(value, {"str": str, "bool": bool}.get(kind, dict))
+            if not ok:
+                expected = {"int": "an integer", "float": "a finite number", "str": "a text",
+                            "bool": "true or false"}.get(kind, "a JSON object")
+                raise LmlabError(f"model config field {f.name} must be {expected}, not {value!r}")
 
     @property
     def gated(self) -> bool:
@@ -122,6 +143,14 @@ class ModelConfig:
             raise LmlabError(f"an encoder-decoder model takes the 'lm' head, not {self.head!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise LmlabError(f"dropout must be in [0, 1), not {self.dropout}")
+        if self.norm_eps < 0 or self.rope_theta <= 0:
+            raise LmlabError(f"norm_eps must be at least 0 and rope_theta positive, not {self.norm_eps} and "
+                             f"{self.rope_theta}")
+        for name in ("relative_num_buckets", "relative_max_distance", "num_labels"):
+            if getattr(self, name) < 1:
+                raise LmlabError(f"{name} must be a positive integer, not {getattr(self, name)}")
+        if self.type_vocab_size < 0 or (self.n_decoder_layer or 0) < 0:
+            raise LmlabError("type_vocab_size and n_decoder_layer cannot be negative")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -130,6 +159,8 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(data, dict):
+            raise LmlabError(f"a model config is a JSON object of fields, not {type(data).__name__}")
         unknown = sorted(set(data) - known)
         if unknown:
             raise LmlabError(f"unknown model config field(s): {', '.join(unknown)}")

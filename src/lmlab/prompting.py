@@ -76,7 +76,11 @@ class PromptTemplate:
                 raise LmlabError(
                     f"{where} has no field {name!r}, which the template uses{did_you_mean(name, record)}"
                 )
-        return self.input_template.format_map(record)
+        try:
+            return self.input_template.format_map(record)
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError) as err:
+            raise LmlabError(f"{where}: cannot fill the template {self.input_template!r} ({type(err).__name__}: "
+                             f"{err})") from None
 
     def target(self, record: Record, where: str = "record") -> str:
         """The record's answer; the first one when the field holds several."""
@@ -97,12 +101,15 @@ def template_fields(template: str) -> list[str]:
     except ValueError as err:
         raise LmlabError(f"bad template {template!r}: {err} (write {{{{ and }}}} for literal braces)") from None
     names = []
-    for _, name, _, _ in parsed:
+    for _, name, spec, conversion in parsed:
         if name is None:
             continue
         root = name.split(".")[0].split("[")[0]
         if not root or root.isdigit():
             raise LmlabError(f"bad template {template!r}: fields must be named, like {{dialogue}}")
+        if spec or conversion:
+            raise LmlabError(f"bad template {template!r}: write each field as {{name}}, without !conversion or "
+                             ":format (write {{ and }} for literal braces)")
         if root not in names:
             names.append(root)
     return names

@@ -123,6 +123,7 @@ def test_cli_scores_a_prediction_field_and_generated_answers(checkpoint, tmp_pat
 def test_cli_bad_input_is_one_line(tmp_path, capsys, args, message):
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
-    code, _, err = run_cli(capsys, "tiny-llama", *[a.replace("{data}", str(data)) for a in args])
+    model = [] if "--prediction-field" in args else ["tiny-llama"]  # a model with --prediction-field is refused
+    code, _, err = run_cli(capsys, *model, *[a.replace("{data}", str(data)) for a in args])
     assert code == 1
     assert err.count("\n") == 1 and message in err

@@ -20,7 +20,7 @@ from lmlab.generation.chat import chat_ids, user_message
     ("--num-beams", "0", "num_beams must be an integer >= 1"),
 ])
 def test_bad_generation_parameters_give_one_line(capsys, option, value, message):
-    assert main(["generate", "--prompt", "hello", option, value]) == 1
+    assert main(["generate", "--prompt", "hello", "--do-sample", option, value]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("lmlab: error: ") and message in err
 

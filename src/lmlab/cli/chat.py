@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from lmlab.cli.generate import add_model_arguments, add_sampling_arguments, generation_config, load
+from lmlab.cli.options import SAMPLING_RULES, check_applies
 from lmlab.errors import LmlabError
 from lmlab.generation.chat import Chat
 
@@ -31,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model_arguments(parser)
     parser.add_argument("--system", metavar="TEXT", help="a system message that sets the assistant's behaviour")
     add_sampling_arguments(parser)
-    parser.set_defaults(func=run_chat)
+    parser.set_defaults(func=check_applies(parser, SAMPLING_RULES, run_chat))
 
 
 def run_chat(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from lmlab.cli.generate import add_model_arguments, add_sampling_arguments, generation_config, load, unescape
+from lmlab.cli.options import SAMPLING_RULES, Applies, check_applies
 from lmlab.errors import LmlabError, did_you_mean
 from lmlab.evaluation.harness import METRICS, PromptedModel, evaluate_records, text_perplexity
 from lmlab.evaluation.metrics import AVERAGES
@@ -84,7 +85,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="windows (perplexity) or prompts (generation) run together (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_sampling_arguments(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=check_applies(parser, RULES, run))
+
+
+def _metrics(args: argparse.Namespace) -> list[str]:
+    return [name.strip().lower() for name in args.metric.split(",")]
+
+
+def _perplexity(args: argparse.Namespace) -> bool:
+    return "perplexity" in _metrics(args)
+
+
+def _model_answers(args: argparse.Namespace) -> bool:
+    return not _perplexity(args) and args.prediction_field is None
+
+
+RECORDS_ONLY = "only applies to records scored with rouge, bleu, accuracy or f1, not to --metric perplexity"
+ANSWERS_ONLY = ("only applies when the model answers the records: not with --metric perplexity, nor with "
+                "--prediction-field (the records already hold the answers)")
+GENERATION_OPTIONS = ("--max-new-tokens", "--do-sample", "--repetition-penalty", "--num-beams", "--stop",
+                      "--truncate")
+RULES = (
+    *(Applies(option, _perplexity, "only applies to --metric perplexity (windows over a text file)")
+      for option in ("--max-length", "--stride")),
+    *(Applies(option, lambda a: not _perplexity(a), RECORDS_ONLY)
+      for option in ("--reference-field", "--prediction-field", "--n")),
+    *(Applies(option, _model_answers, ANSWERS_ONLY)
+      for option in ("--prompt-field", "--template", "--instruction", "--chat", *GENERATION_OPTIONS)),
+    Applies("MODEL", lambda a: a.prediction_field is None,
+            "is not used with --prediction-field: the records already hold the answers", name="model"),
+    Applies("--average", lambda a: "f1" in _metrics(a), "only applies to --metric f1"),
+    Applies("--positive-label", lambda a: "f1" in _metrics(a) and a.average == "binary",
+            "only applies to --metric f1 with --average binary"),
+    *SAMPLING_RULES,
+)
 
 
 def parse_metrics(text: str) -> list[str]:

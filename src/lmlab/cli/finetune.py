@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from lmlab.cli.generate import unescape
+from lmlab.cli.options import Applies, check_applies
 from lmlab.cli.parallel import add_parallel_options, errors_said_by_rank_zero, parallel_config
 from lmlab.finetuning.datasets import TASKS, DataFormat
 from lmlab.finetuning.evaluate import METRICS
@@ -139,7 +140,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="LoRA: write only adapter/ (a few MB), not the merged model/")
     out.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_parallel_options(p, "finetune")
-    p.set_defaults(func=run_finetune)
+    p.set_defaults(func=check_applies(p, RULES, run_finetune))
+
+
+RULES = (
+    *(Applies(option, lambda a: a.task == "generation", "only applies to --task generation")
+      for option in ("--prompt-field", "--completion-field", "--template", "--instruction", "--chat", "--packing")),
+    *(Applies(option, lambda a: a.task == "classification", "only applies to --task classification")
+      for option in ("--text-field", "--label-field")),
+    *(Applies(option, lambda a: a.method == "lora", "only applies to --method lora (full fine-tuning has no adapters)")
+      for option in ("--lora-rank", "--lora-alpha", "--lora-dropout", "--lora-targets")),
+    Applies("--max-new-tokens", lambda a: a.eval_metric == "rouge",
+            "sets the length of the answers scored with --eval-metric rouge; it does nothing otherwise"),
+    Applies("--eval-samples", lambda a: a.eval_metric != "loss",
+            "counts the examples scored with --eval-metric rouge, accuracy or f1; the loss uses every example"),
+    Applies("--val-fraction", lambda a: a.val is None, "does nothing with --val: the validation records are that file"),
+)
 
 
 def settings_from(args: argparse.Namespace) -> FinetuneSettings:
@@ -165,7 +181,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     from lmlab.training.distributed import process_group
     from lmlab.training.launch import relaunch
 
-    if args.nproc:
+    if args.nproc is not None:
         return relaunch(args.nproc)
     settings = settings_from(args)
     with process_group() as env, errors_said_by_rank_zero(env):

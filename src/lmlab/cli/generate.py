@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 
 
+from lmlab.cli.options import SAMPLING_RULES, check_applies
 from lmlab.errors import LmlabError
-from lmlab.generation import GenerationConfig, generate, stream
+from lmlab.generation import GenerationConfig, generate, stream_generate
 from lmlab.generation.chat import chat_ids, user_message
 from lmlab.generation.explain import next_token_table
 from lmlab.hub.resolve import DEFAULT_MODEL, LoadedModel, load_model
@@ -55,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--show-distribution", type=int, nargs="?", const=10, metavar="N",
                         help="first print the N (default 10) most probable next tokens and their probability "
                              "before and after the repetition penalty, temperature, top-k and top-p")
-    parser.set_defaults(func=run_generate)
+    parser.set_defaults(func=check_applies(parser, SAMPLING_RULES, run_generate))
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -139,9 +140,21 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
     return [sys.stdin.read()]
 
 
+def note_window_end(lengths: list[int], config: GenerationConfig, window: int) -> None:
+    """A note when texts stopped for length before --max-new-tokens: the context window was full."""
+    short = [n for n in lengths if n < config.max_new_tokens]
+    if short:
+        print(f"lmlab: note: the text ended after {min(short)} new tokens, not --max-new-tokens "
+              f"{config.max_new_tokens}: the prompt and the new tokens filled the model's {window}-token context "
+              "window", file=sys.stderr)
+
+
 def run_generate(args: argparse.Namespace) -> int:
     config = generation_config(args)
     texts = _read_prompts(args)
+    if args.show_distribution is not None and args.show_distribution < 1:
+        raise LmlabError(f"--show-distribution N shows the N most probable tokens: N must be at least 1, not "
+                         f"{args.show_distribution}")
     if args.stream and len(texts) > 1:
         raise LmlabError("--stream prints one text as it comes: give a single prompt")
     loaded = load(args)
@@ -154,10 +167,14 @@ def run_generate(args: argparse.Namespace) -> int:
         table = next_token_table(loaded.model, prompts[0], config, tokenizer, args.show_distribution)
         print(table.format(), end="\n\n")
     start = time.perf_counter()
+    window = loaded.model.config.max_seq_len
     if args.stream:
-        for piece in stream(loaded.model, prompts[0], config, tokenizer):
-            print(piece, end="", flush=True)
+        n_new = 0
+        for delta in stream_generate(loaded.model, [prompts[0]], config, tokenizer):
+            print(delta.text, end="", flush=True)
+            n_new += 1
         print()
+        note_window_end([n_new] if delta.finish_reason == "length" else [], config, window)
         return 0
     completions = generate(loaded.model, prompts, config, tokenizer)
     seconds = time.perf_counter() - start
@@ -165,6 +182,7 @@ def run_generate(args: argparse.Namespace) -> int:
         if len(completions) > 1:
             print(f"--- prompt {i + 1} ---")
         print(completion.text if tokenizer is not None else " ".join(map(str, completion.tokens)))
+    note_window_end([len(c.tokens) for c in completions if c.finish_reason == "length"], config, window)
     n_tokens = sum(len(c.tokens) for c in completions)
     reasons = ", ".join(sorted({c.finish_reason for c in completions}))
     print(f"[{n_tokens} new tokens in {seconds:.1f} s ({n_tokens / seconds:.1f} tokens/s), stopped by: {reasons}]",

@@ -12,10 +12,11 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from lmlab.cli.generate import add_model_arguments, load, unescape
+from lmlab.cli.options import GREEDY, Applies, check_applies
 from lmlab.errors import LmlabError
 from lmlab.evaluation.harness import PromptedModel
 from lmlab.generation import GenerationConfig
-from lmlab.icl import SWEEPABLE, IclConfig, check_report_folder, load_records, parse_shots, parse_sweep, run_icl, write_report
+from lmlab.icl import SAMPLING_PARAMETERS, SWEEPABLE, IclConfig, check_report_folder, load_records, parse_shots, parse_sweep, run_icl, write_report
 from lmlab.prompting import DIALOGUE_TEMPLATE, PromptTemplate
 from lmlab.resources import resource_path
 
@@ -117,7 +118,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="folder for predictions.jsonl, summary.json and rouge.png; it must be new, empty or "
                              "hold an earlier report, which is replaced (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=check_applies(parser, RULES, run))
+
+
+def _swept(args: argparse.Namespace) -> str | None:
+    return parse_sweep(args.sweep)[0] if args.sweep else None
+
+
+def _sampling(args: argparse.Namespace) -> bool:
+    return args.do_sample or _swept(args) in SAMPLING_PARAMETERS
+
+
+RULES = (
+    *(Applies(option, _sampling, GREEDY.replace("--do-sample,", "--do-sample (or --sweep it),"))
+      for option in ("--temperature", "--top-k", "--top-p")),
+    *(Applies(f"--{name.replace('_', '-')}", lambda a, name=name: _swept(a) != name,
+              f"is replaced by the values of --sweep {name}=...: drop one of them") for name in SWEEPABLE),
+)
 
 
 def icl_config(args: argparse.Namespace) -> IclConfig:

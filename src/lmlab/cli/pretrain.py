@@ -9,6 +9,7 @@ import json
 from lmlab.config import ARCHS, ModelConfig
 from lmlab.data.mixture import parse_mix
 from lmlab.data.readers import TXT_SPLITS
+from lmlab.cli.options import Applies, check_applies
 from lmlab.cli.parallel import add_parallel_options, errors_said_by_rank_zero, parallel_config
 from lmlab.errors import LmlabError, did_you_mean
 from lmlab.training.pretrain import BPE, DEFAULT_PRESETS, PretrainSettings, pretrain
@@ -110,7 +111,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: --eval-every)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_parallel_options(p, "pretrain")
-    p.set_defaults(func=run_pretrain)
+    p.set_defaults(func=check_applies(p, RULES, run_pretrain))
+
+
+RULES = (
+    Applies("--vocab-size", lambda a: a.tokenizer == BPE,
+            "sizes the BPE vocabulary learned with --tokenizer bpe; it does nothing with another tokenizer"),
+    *(Applies(option, lambda a: bool(a.data), "only applies to raw corpus files given with --data")
+      for option in ("--text-field", "--txt-split")),
+)
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -137,7 +146,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
     from lmlab.training.distributed import process_group
     from lmlab.training.launch import relaunch
 
-    if args.nproc:
+    if args.nproc is not None:
         return relaunch(args.nproc)
     train = TrainConfig(
         steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, min_lr=args.min_lr,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lmlab.cli.options import Applies, check_applies
 from lmlab.errors import LmlabError
 from lmlab.hub.resolve import DEFAULT_MODEL
 from lmlab.planning.units import format_bytes
@@ -76,7 +77,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             help=f"score the first N tokens of the text (default {DEFAULT_EVAL_TOKENS})")
     evaluation.add_argument("--no-eval", action="store_true",
                             help="skip the perplexity measurement (needed for models that are not causal LMs)")
-    parser.set_defaults(func=run_quantize)
+    parser.set_defaults(func=check_applies(parser, RULES, run_quantize))
+
+
+RULES = (
+    Applies("--group-size", lambda a: a.granularity == "group", "only applies to --granularity group"),
+    *(Applies(option, lambda a: not a.no_eval, "does nothing with --no-eval")
+      for option in ("--eval-text", "--eval-tokens")),
+)
 
 
 def _spec(args: argparse.Namespace) -> QuantSpec | Int4Spec | None:

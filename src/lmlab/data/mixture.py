@@ -86,6 +86,12 @@ class MixtureSampler(Sampler[int]):
             picks = self.sources == s
             self.rank[picks] = np.arange(picks.sum())
 
+    @staticmethod
+    def bytes_for(num_samples: int) -> int:
+        """Memory the draws take: a float64 uniform, an int64 source and an int64 rank per sample, and a
+        boolean mask per sample while ranks are counted."""
+        return 25 * num_samples
+
     def _sequence(self, source: int, rank: int) -> int:
         size = int(self.sizes[source])
         order = np.random.default_rng([self.seed, 1 + source, rank // size]).permutation(size)

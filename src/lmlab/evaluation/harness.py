@@ -176,6 +176,9 @@ def text_perplexity(model: Transformer, tokenizer: Any, text: str, max_length: i
                          f"this one is an {model.config.arch} with the {model.config.head!r} head")
     if tokenizer is None:
         raise LmlabError("this model has no tokenizer, so it cannot read the text")
+    for name, value in (("window (max_length)", max_length), ("stride", stride)):
+        if value is not None and value < 1:
+            raise LmlabError(f"the {name} must be at least 1 token, not {value}")
     max_length = max_length or min(model.config.max_seq_len, 1024)
     if max_length > model.config.max_seq_len:
         raise LmlabError(f"the window ({max_length} tokens) is longer than the model's context window "

@@ -36,12 +36,14 @@ from typing import Any
 
 import torch
 
+from lmlab.config import ModelConfig
 from lmlab.errors import LmlabError
 from lmlab.finetuning.datasets import Collator, DataFormat, FinetuneData, load_data
 from lmlab.finetuning.evaluate import HEADLINE, Scores, check_metric, higher_is_better, score
 from lmlab.finetuning.prepare import MemoryPlan, attach_classification_head, enable_gradient_checkpointing, plan_memory
 from lmlab.hub.checkpoint import save_checkpoint
 from lmlab.hub.resolve import LoadedModel, load_model
+from lmlab.planning.limits import check_fits
 from lmlab.models.lora import AdapterConfig, LoRAReport, apply_lora, count_parameters, load_adapter, merge_lora, save_adapter
 from lmlab.training.distributed import DistEnv, run_on_main
 from lmlab.training.fsdp import ParallelConfig
@@ -115,8 +117,12 @@ class FinetuneResult:
 def check_settings(s: FinetuneSettings) -> None:
     if s.method not in METHODS:
         raise LmlabError(f"fine-tuning method must be one of {', '.join(METHODS)}, not {s.method!r}")
-    if s.steps is None and s.epochs <= 0:
+    if s.steps is None and not 0 < s.epochs < math.inf:
         raise LmlabError(f"epochs must be positive, not {s.epochs:g}")
+    for name in ("batch_size", "grad_accum", "eval_every", "max_new_tokens", "max_length", "lora_rank"):
+        value = getattr(s, name) if name != "max_length" else s.format.max_length
+        if value is not None and value < 1:
+            raise LmlabError(f"{name.replace('_', ' ')} must be at least 1, not {value}")
     check_metric(s.eval_metric, s.format.task)
     if s.early_stopping is not None and s.early_stopping < 1:
         raise LmlabError(f"early-stopping patience must be at least 1 evaluation, not {s.early_stopping}")
@@ -124,6 +130,15 @@ def check_settings(s: FinetuneSettings) -> None:
         raise LmlabError(f"evaluation samples must be at least 1, not {s.eval_samples}")
     if s.save_adapter_only and s.method != "lora":
         raise LmlabError("only a LoRA fine-tune has an adapter to save alone; drop --save-adapter-only")
+
+
+def check_task_fits(task: str, config: ModelConfig, name: str) -> None:
+    """Generation writes text token by token, which takes a decoder with a language-modelling head; an encoder
+    (BERT-like) reads its whole input at once and can only learn to classify it."""
+    if task == "generation" and (not config.has_decoder or config.head != "lm"):
+        kind = "an encoder (BERT-like) model" if not config.has_decoder else f"a model with a {config.head} head"
+        raise LmlabError(f"{name} is {kind}: it cannot write text, so it cannot be fine-tuned for generation; "
+                         "use --task classification (text-label records), or a decoder such as smollm2-135m-instruct")
 
 
 def peak_memory_bytes() -> int:
@@ -206,6 +221,7 @@ def finetune(s: FinetuneSettings, env: DistEnv | None = None) -> FinetuneResult:
     loaded = load_model(s.model)
     model, tokenizer = loaded.model, loaded.tokenizer
     say(f"model: {loaded.source}")
+    check_task_fits(s.format.task, model.config, s.model)
 
     # 2. The data, in sequences no longer than the model's context window.
     fmt = s.format
@@ -237,6 +253,8 @@ def finetune(s: FinetuneSettings, env: DistEnv | None = None) -> FinetuneResult:
     micro_batch = s.batch_size // (env.world_size * s.grad_accum) or 1
     plan = plan_memory(model, micro_batch, data.max_tokens, s.dtype, s.gradient_checkpointing)
     say(plan.format())
+    check_fits("this fine-tune", plan.total, "choose a smaller --batch-size (or more --grad-accum), a shorter "
+               "--max-length, --method lora or --grad-checkpointing")
 
     # 5. Train, evaluating as we go.
     steps, eval_every = _training_length(s, len(data.train))
@@ -246,6 +264,7 @@ def finetune(s: FinetuneSettings, env: DistEnv | None = None) -> FinetuneResult:
         eval_every=eval_every, eval_batches=None, checkpoint_every=steps, seed=s.seed, progress=s.progress,
         parallel=s.parallel,
     )
+    train_config.check(env)  # before the run folder is made: a refused setting leaves nothing behind
     run = run_on_main(lambda: open_run(s.out, _identity(s, train_config)), env)
     pad_id = next(i for i in (tokenizer.pad_id, model.config.pad_token_id, model.config.eos_token_id, 0)
                   if i is not None)

@@ -26,6 +26,8 @@ import torch
 from lmlab.errors import LmlabError
 from lmlab.generation.sampling import GenerationConfig
 from lmlab.models import Transformer
+from lmlab.planning.limits import check_fits
+from lmlab.planning.memory import plan_inference_memory
 
 Prompts = str | Sequence[str] | Sequence[Sequence[int]] | torch.Tensor
 
@@ -41,8 +43,19 @@ def check_generative(model: Transformer, config: GenerationConfig, tokenizer=Non
 
 
 def make_runner(model: Transformer, rows: list[list[int]], pad_id: int, max_new: int) -> CausalDecoder | EncoderDecoder:
-    """The step-by-step runner for this model's family, for `rows` and up to `max_new` new tokens."""
+    """The step-by-step runner for this model's family, for `rows` and up to `max_new` new tokens; refused up
+    front when its KV cache would not fit in memory."""
+    check_cache_fits(model, len(rows), max(len(row) for row in rows) + max_new)
     return (CausalDecoder if model.config.arch == "decoder" else EncoderDecoder)(model, rows, pad_id, max_new)
+
+
+def check_cache_fits(model: Transformer, rows: int, length: int) -> None:
+    """Refuse a KV cache for `rows` sequences of `length` tokens larger than the memory available."""
+    dtype = "bf16" if model.tok_emb.weight.dtype == torch.bfloat16 else "fp32"
+    cache = plan_inference_memory(1, dtype, model.config, rows, length).kv_cache
+    if cache is not None:
+        check_fits(f"the KV cache of {rows:,} sequence(s) of {length:,} tokens", cache.bytes,
+                   "generate fewer sequences (prompts x beams) or fewer new tokens")
 
 
 @torch.inference_mode()

@@ -23,6 +23,8 @@ A removed token gets the logit -inf, so the softmax renormalizes over the tokens
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -70,6 +72,8 @@ class GenerationConfig:
             raise LmlabError(f"repetition_penalty must be > 0 (1 means no penalty), not {self.repetition_penalty}")
         if isinstance(self.num_beams, bool) or not isinstance(self.num_beams, int) or self.num_beams < 1:
             raise LmlabError(f"num_beams must be an integer >= 1 (1: no beam search), not {self.num_beams!r}")
+        if not math.isfinite(self.length_penalty):
+            raise LmlabError(f"length_penalty must be a finite number, not {self.length_penalty}")
         if self.num_beams > 1 and self.do_sample:
             raise LmlabError("beam search keeps the most probable hypotheses, it does not sample: use num_beams "
                              "without do_sample")

@@ -25,6 +25,8 @@ from lmlab.hub.checkpoint import (LMLAB_CONFIG, build_model, is_hf_folder, is_lm
                                   read_hf_config)
 from lmlab.hub.convert import config_from_hf
 from lmlab.models import Transformer
+from lmlab.planning.limits import check_fits
+from lmlab.planning.memory import count_parameters
 from lmlab.quantization.weight_format import WeightFormat
 
 
@@ -143,7 +145,10 @@ def load_model(reference: str = DEFAULT_MODEL, dtype: str | torch.dtype = torch.
     weights = WeightFormat.parse(dtype, group_size)
     kind, path = _locate(reference)
     if kind == "preset":
-        model = Transformer(get_preset(reference)).init_weights(seed=seed).to(weights.compute_dtype).eval()
+        config = get_preset(reference)
+        check_fits(f"the {reference} preset ({count_parameters(config):,} fp32 weights)", 4 * count_parameters(config),
+                   "`lmlab inspect params` and `lmlab plan memory` describe it without building it")
+        model = Transformer(config).init_weights(seed=seed).to(weights.compute_dtype).eval()
         return LoadedModel(_quantize(model, weights, reference), None, reference,
                            f"preset {reference} (random weights, seed {seed})")
     if path.suffix == ".gguf":

@@ -34,10 +34,13 @@ from lmlab.data.pipeline import CHAR, PrepareSettings, char_tokenizer, format_fu
 from lmlab.data.readers import corpus_files, read_documents
 from lmlab.errors import LmlabError, did_you_mean
 from lmlab.models import Transformer
+from lmlab.planning.limits import check_fits
+from lmlab.planning.memory import count_parameters
+from lmlab.planning.units import format_count
 from lmlab.tokenizers import load_tokenizer, train_bpe
 from lmlab.training.distributed import DistEnv, run_on_main
 from lmlab.training.objectives import OBJECTIVES, model_config_for, objective_for, prepare_tokenizer
-from lmlab.training.trainer import RunFolder, StepMetrics, TrainConfig, Trainer, TrainResult, open_run
+from lmlab.training.trainer import RunFolder, StepMetrics, TrainConfig, Trainer, TrainResult, open_run, training_plan
 
 DEFAULT_PRESETS = {"decoder": "tiny-gpt2", "encoder": "tiny-bert", "encoder-decoder": "tiny-t5"}
 SHIPPED = "corpus"  # the dataset name of the shipped corpus in a mixture
@@ -144,7 +147,7 @@ def _seq_len(settings: PretrainSettings, sources: list[_Source], config: ModelCo
             raise LmlabError(f"the prepared data holds sequences of {data_len} tokens, not {seq_len}; omit --seq-len "
                              "or prepare the data again with it")
         seq_len = data_len
-    seq_len = seq_len or min(DEFAULT_SEQ_LEN, config.max_seq_len)
+    seq_len = min(DEFAULT_SEQ_LEN, config.max_seq_len) if seq_len is None else seq_len
     if seq_len < 2:
         raise LmlabError(f"sequence length must be at least 2, not {seq_len}")
     if seq_len > config.max_seq_len:
@@ -211,6 +214,10 @@ def pretrain(settings: PretrainSettings, env: DistEnv | None = None,
     config = base_config(settings)
     sources = _sources(settings)
     seq_len = _seq_len(settings, sources, config)
+    plan = training_plan(config, count_parameters(config), settings.train, env, seq_len)
+    check_fits(f"training a {format_count(plan.n_params)}-parameter model on batches of {settings.train.batch_size} x "
+               f"{seq_len} tokens", plan.total_bytes, "choose a smaller model, --batch-size (or more --grad-accum) "
+               "or --seq-len")
     if settings.mix is not None:
         check_weights(settings.mix, [s.name for s in sources])
     if settings.tokenizer not in (BPE, CHAR) and not Path(settings.tokenizer).exists():

@@ -55,7 +55,8 @@ from lmlab.hub.checkpoint import LMLAB_CONFIG, atomic_folder, load_checkpoint, r
 from lmlab.models import Transformer
 from lmlab.planning.compute import forward_flops
 from lmlab.planning.measure import uses_fused_attention
-from lmlab.planning.memory import plan_training_memory
+from lmlab.planning.limits import check_fits
+from lmlab.planning.memory import TrainingPlan, plan_training_memory
 from lmlab.planning.units import format_bytes
 from lmlab.training.distributed import DistEnv, Strategy, all_reduce_sum, gather_to_main
 from lmlab.training.fsdp import ParallelConfig, build_strategy
@@ -100,7 +101,7 @@ class TrainConfig:
 
     def check(self, env: DistEnv) -> None:
         positive = {"steps": self.steps, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
-                    "eval_every": self.eval_every}
+                    "eval_every": self.eval_every, "checkpoint_every": 1 if self.checkpoint_every is None else self.checkpoint_every}
         for name, value in positive.items():
             if value < 1:
                 raise LmlabError(f"{name.replace('_', ' ')} must be at least 1, not {value}")
@@ -116,6 +117,8 @@ class TrainConfig:
                 f"{self.grad_accum} micro-batch(es); choose a multiple of {env.world_size * self.grad_accum}")
         self.parallel.check(env)
         self.schedule()
+        check_fits(f"the data order of {self.steps:,} steps x {self.batch_size:,} sequences",
+                   MixtureSampler.bytes_for(self.steps * self.batch_size), "train for fewer steps or smaller batches")
 
     def schedule(self) -> WarmupCosine:
         min_lr = self.lr / 10 if self.min_lr is None else self.min_lr
@@ -126,6 +129,16 @@ class TrainConfig:
         the work is spread over processes)."""
         skip = {"steps", "eval_every", "eval_batches", "checkpoint_every", "progress", "parallel"}
         return {k: v for k, v in asdict(self).items() if k not in skip}
+
+
+def training_plan(model_config: ModelConfig, n_params: int, config: TrainConfig, env: DistEnv,
+                  seq_len: int) -> TrainingPlan:
+    """The planner's memory per process for training with `config`: AdamW, bf16 autocast as mixed precision,
+    the strategy's sharding, one micro-batch of activations with attention as the model runs it."""
+    micro_batch = config.batch_size // (env.world_size * config.grad_accum) or 1
+    return plan_training_memory(n_params, config.dtype, "adamw", mixed_precision=config.dtype == "bf16",
+                                parallelism=config.parallel.parallelism(env), config=model_config, batch=micro_batch,
+                                seq_len=seq_len, flash_attention=uses_fused_attention(model_config))
 
 
 @dataclass
@@ -356,10 +369,7 @@ class Trainer:
             f"micro-batch(es) of {self.micro_batch} x {self.seq_len} tokens",
         ]
         if self.plan_memory:
-            plan = plan_training_memory(n_params, config.dtype, "adamw", mixed_precision=config.dtype == "bf16",
-                                        parallelism=config.parallel.parallelism(env), config=self.model.config,
-                                        batch=self.micro_batch, seq_len=self.seq_len,
-                                        flash_attention=uses_fused_attention(self.model.config))
+            plan = training_plan(self.model.config, n_params, config, env, self.seq_len)
             terms = ", ".join(f"{t.name} {format_bytes(t.bytes)}" for t in plan.terms)
             lines.append(f"planned memory per process: {format_bytes(plan.total_bytes)} ({terms})")
         if self.model.config.arch == "encoder-decoder":
