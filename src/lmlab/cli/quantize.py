@@ -81,7 +81,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 RULES = (
-    Applies("--group-size", lambda a: a.granularity == "group", "only applies to --granularity group"),
+    Applies("--group-size", lambda a: a.granularity == "group" or a.dtype != "int8",
+            "only applies to --granularity group (or --dtype int4)"),
     *(Applies(option, lambda a: not a.no_eval, "does nothing with --no-eval")
       for option in ("--eval-text", "--eval-tokens")),
 )
