@@ -5,4 +5,12 @@ from lmlab.errors import LmlabError
 
 __version__ = "0.1.0"
 
-__all__ = ["PRESETS", "LmlabError", "ModelConfig", "get_preset", "__version__"]
+
+def pipeline(task: str, model=None, **options):
+    """A model ready for a task, called with one input or a list: see `lmlab.pipelines`."""
+    from lmlab.pipelines import pipeline as make_pipeline
+
+    return make_pipeline(task, model, **options)
+
+
+__all__ = ["PRESETS", "LmlabError", "ModelConfig", "get_preset", "pipeline", "__version__"]

@@ -23,8 +23,19 @@ the task, starting from what pre-training taught it.
   --task generation      prompt-completion records (--prompt-field, --completion-field,
                          --template) or chat records (a "messages" list); the loss is on
                          the completion / the assistant's turns only
-  --task classification  text-label records (--text-field, --label-field); a new
-                         classification head replaces the language-modelling head
+  --task classification  text-label records (--text-field, --label-field) or `LABEL TEXT`
+                         lines (.txt, as SST-2); a new classification head replaces the
+                         language-modelling head
+  --task pair-classification
+                         sentence pairs with a label (--text-field, --pair-field,
+                         --label-field), e.g. NLI: premise, hypothesis, entailment /
+                         neutral / contradiction; the model for zero-shot classification
+  --task token-classification
+                         a CoNLL file (a token TAB its BIO tag per line, blank line between
+                         sentences) or records with "tokens" and "tags" lists (NER)
+  --task question-answering
+                         a SQuAD v1.1 JSON file; a start/end head learns to point at the
+                         answer's span in the context (extractive QA)
 
   --method full   every weight trains (gradients and AdamW states for all of them)
   --method lora   the model is frozen; small low-rank matrices B·A are learned next to
@@ -49,6 +60,8 @@ examples:
       --instruction "Summarize the following conversation." --method full --lr 5e-5 --epochs 2 --out runs/sum
   lmlab finetune minilm-l6 --task classification --data reviews.csv --method full --lr 1e-4 \\
       --eval-metric accuracy --out runs/reviews
+  lmlab finetune minilm-l6 --task token-classification --data wnut17/train.conll --val wnut17/dev.conll \\
+      --method full --lr 5e-5 --epochs 3 --out runs/ner          # then: lmlab run ner runs/ner/model
 """
 
 
@@ -65,8 +78,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
                       help="share of --data held out for validation when there is no --val (default: 0.1)")
     data.add_argument("--task", choices=TASKS, default="generation",
-                      help="generation: learn to write the completion; classification: learn to predict the "
-                           "label (default: generation)")
+                      help="generation: learn to write the completion; classification, pair-classification, "
+                           "token-classification, question-answering: train the head `lmlab run` uses for the task "
+                           "(default: generation)")
     data.add_argument("--prompt-field", default="prompt", metavar="NAME",
                       help="generation: the field holding the input (default: prompt)")
     data.add_argument("--completion-field", default="completion", metavar="NAME",
@@ -82,6 +96,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            "model was trained (default: when the tokenizer has one)")
     data.add_argument("--text-field", default="text", metavar="NAME",
                       help="classification: the field holding the text (default: text)")
+    data.add_argument("--pair-field", default="text_pair", metavar="NAME",
+                      help="pair-classification: the field holding the second text (default: text_pair)")
     data.add_argument("--label-field", default="label", metavar="NAME",
                       help="classification: the field holding the label name (default: label)")
     data.add_argument("--max-length", type=int, default=512, metavar="N",
@@ -162,7 +178,7 @@ def settings_from(args: argparse.Namespace) -> FinetuneSettings:
     fmt = DataFormat(
         task=args.task, prompt_field=args.prompt_field, completion_field=args.completion_field,
         template=unescape(args.template) if args.template else None, instruction=unescape(args.instruction), text_field=args.text_field,
-        label_field=args.label_field, chat=args.chat, max_length=args.max_length,
+        pair_field=args.pair_field, label_field=args.label_field, chat=args.chat, max_length=args.max_length,
     )
     return FinetuneSettings(
         model=args.model, data=args.data, out=args.out, validation=args.val, validation_fraction=args.val_fraction,

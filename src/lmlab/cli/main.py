@@ -24,6 +24,7 @@ COMMAND_MODULES = [  # in the order of a model's life
     "lmlab.cli.consolidate",
     "lmlab.cli.generate",
     "lmlab.cli.chat",
+    "lmlab.cli.run",
     "lmlab.cli.icl",
     "lmlab.cli.finetune",
     "lmlab.cli.evaluate",

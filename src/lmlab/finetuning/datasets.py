@@ -43,8 +43,11 @@ import torch
 from lmlab.errors import LmlabError
 from lmlab.prompting import PromptTemplate, build_prompt, template_fields
 from lmlab.records import read_records
+from lmlab.finetuning.task_data import (answer_span, encode_pair, is_squad, read_conll, read_label_lines, read_squad,
+                                        word_tags)
 
-TASKS = ("generation", "classification")
+TASKS = ("generation", "classification", "pair-classification", "token-classification", "question-answering")
+LABELLED = ("classification", "pair-classification", "token-classification")  # tasks whose labels have names
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant")
 MIN_INPUT_TOKENS = 4  # a cut prompt keeps room for a few tokens of its input and the "..." mark
@@ -68,6 +71,7 @@ class DataFormat:
     instruction: str = ""
     messages_field: str = "messages"
     text_field: str = "text"
+    pair_field: str = "text_pair"
     label_field: str = "label"
     chat: bool | None = None
     max_length: int = 512
@@ -99,6 +103,9 @@ class Example:
     label: int | None = None
     prompt_length: int = 0
     reference: str = ""
+    type_ids: list[int] | None = None  # segment ids of a text pair
+    tags: list[int] | None = None  # token-classification: a label id per token, -100 for none
+    span: tuple[int, int] | None = None  # question-answering: the answer's first and last token
 
 
 @dataclass
@@ -128,7 +135,7 @@ class FinetuneData:
             text += f", packed from {self.source.get('unpacked', 0):,} examples"
         if self.truncated:
             text += f"; {self.truncated} example(s) cut to fit the maximum length"
-        if self.labels:
+        if self.labels and self.train[0].label is not None:
             counts = np.bincount([e.label for e in self.train], minlength=len(self.labels))
             text += "; labels " + ", ".join(f"{name} ({n})" for name, n in zip(self.labels, counts))
         return text
@@ -162,6 +169,10 @@ class _Records:
     @classmethod
     def read(cls, path: str | Path, required: Sequence[str]) -> _Records:
         path = Path(path)
+        readers = {".conll": read_conll, ".txt": read_label_lines}
+        if path.suffix.lower() in readers or is_squad(path):
+            records, places = (read_squad if is_squad(path) else readers[path.suffix.lower()])(path)
+            return cls(path, records, places)
         records = read_records(path, required)
         return cls(path, records, _locations(path, len(records)))
 
@@ -180,6 +191,12 @@ def _is_chat_data(records: _Records, fmt: DataFormat) -> bool:
 def _required_fields(path: Path, fmt: DataFormat) -> list[str]:
     if fmt.task == "classification":
         return [fmt.text_field, fmt.label_field]
+    if fmt.task == "pair-classification":
+        return [fmt.text_field, fmt.pair_field, fmt.label_field]
+    if fmt.task == "token-classification":
+        return ["tokens", "tags"]
+    if fmt.task == "question-answering":
+        return ["question", "context", "answer_text", "answer_start"]
     first = read_records(path)[0]
     if fmt.messages_field in first and fmt.prompt_field not in first:
         return [fmt.messages_field]
@@ -316,8 +333,13 @@ def _label_name(value: Any, name: str, where: str) -> str:
 
 
 def label_names(records: _Records, fmt: DataFormat) -> list[str]:
-    """The training labels in sorted order (numerically when they are all integers)."""
-    names = {_label_name(r[fmt.label_field], fmt.label_field, records.where(i)) for i, r in enumerate(records.records)}
+    """The training labels (token tags for token classification) in sorted order (numerically when they are
+    all integers)."""
+    if fmt.task == "token-classification":
+        names = {_label_name(tag, "tags", records.where(i)) for i, r in enumerate(records.records) for tag in r["tags"]}
+    else:
+        names = {_label_name(r[fmt.label_field], fmt.label_field, records.where(i))
+                 for i, r in enumerate(records.records)}
     if all(n.lstrip("-").isdigit() for n in names):
         return sorted(names, key=int)
     return sorted(names)
@@ -334,12 +356,53 @@ def _classification(records: _Records, fmt: DataFormat, tokenizer: Any,
         if label not in ids:
             raise LmlabError(f"{where}: label {label!r} does not occur in the training data "
                              f"(its labels: {', '.join(labels)})")
-        tokens = tokenizer.encode(_text(record[fmt.text_field], fmt.text_field, where), add_special_tokens=True)
+        text = _text(record[fmt.text_field], fmt.text_field, where)
+        if fmt.task == "pair-classification":
+            encoding, cut = encode_pair(tokenizer, text, _text(record[fmt.pair_field], fmt.pair_field, where),
+                                        fmt.max_length)
+            truncated += cut
+            examples.append(Example(encoding.ids, label=ids[label], type_ids=encoding.type_ids))
+            continue
+        tokens = tokenizer.encode(text, add_special_tokens=True)
         if len(tokens) > fmt.max_length:
             keep_sep = sep is not None and tokens[-1] == sep
             tokens = tokens[:fmt.max_length - keep_sep] + ([sep] if keep_sep else [])
             truncated += 1
         examples.append(Example(tokens, label=ids[label]))
+    return examples, truncated
+
+
+def _tagged(records: _Records, fmt: DataFormat, tokenizer: Any, labels: list[str]) -> tuple[list[Example], int]:
+    ids = {name: i for i, name in enumerate(labels)}
+    examples, truncated = [], 0
+    for i, record in enumerate(records.records):
+        where = records.where(i)
+        words, tags = record["tokens"], record["tags"]
+        if not isinstance(words, list) or not isinstance(tags, list) or len(words) != len(tags) or not words:
+            raise LmlabError(f"{where}: 'tokens' and 'tags' must be lists of the same, non-zero length")
+        unknown = [t for t in tags if str(t) not in ids]
+        if unknown:
+            raise LmlabError(f"{where}: tag {unknown[0]!r} does not occur in the training data "
+                             f"(its tags: {', '.join(labels)})")
+        tokens, token_tags, cut = word_tags(tokenizer, [str(w) for w in words], [ids[str(t)] for t in tags],
+                                            fmt.max_length)
+        truncated += cut
+        examples.append(Example(tokens, tags=token_tags))
+    return examples, truncated
+
+
+def _questions(records: _Records, fmt: DataFormat, tokenizer: Any) -> tuple[list[Example], int]:
+    examples, truncated = [], 0
+    for i, record in enumerate(records.records):
+        where = records.where(i)
+        context = _text(record["context"], "context", where)
+        answer, start = str(record["answer_text"]), int(record["answer_start"])
+        if context[start:start + len(answer)] != answer:
+            raise LmlabError(f"{where}: the answer {answer!r} is not at character {start} of its context")
+        encoding, cut = encode_pair(tokenizer, _text(record["question"], "question", where), context, fmt.max_length)
+        span = answer_span(encoding, start, start + len(answer))
+        truncated += cut
+        examples.append(Example(encoding.ids, type_ids=encoding.type_ids, span=span))
     return examples, truncated
 
 
@@ -394,13 +457,17 @@ def load_data(
     if not records.records:
         raise LmlabError(f"{train.name}: the training set is empty (after holding out validation records)")
     labels = None
-    if fmt.task == "classification":
+    if fmt.task in LABELLED:
         labels = label_names(records, fmt)
         if len(labels) < 2:
-            raise LmlabError(f"{train.name}: classification needs at least 2 labels; the training data has only "
+            raise LmlabError(f"{train.name}: {fmt.task} needs at least 2 labels; the training data has only "
                              f"{labels[0]!r}")
-        train_examples, truncated = _classification(records, fmt, tokenizer, labels)
-        val_examples, _ = _classification(val_records, fmt, tokenizer, labels) if val_records.records else ([], 0)
+        read = _tagged if fmt.task == "token-classification" else _classification
+        train_examples, truncated = read(records, fmt, tokenizer, labels)
+        val_examples, _ = read(val_records, fmt, tokenizer, labels) if val_records.records else ([], 0)
+    elif fmt.task == "question-answering":
+        train_examples, truncated = _questions(records, fmt, tokenizer)
+        val_examples = _questions(val_records, fmt, tokenizer)[0] if val_records.records else []
     else:
         encoder = _Encoder(tokenizer, fmt.chat, eos_id if eos_id is not None else tokenizer.eos_id)
         read = _chat if _is_chat_data(records, fmt) else _prompt_completion
@@ -424,20 +491,31 @@ class Collator:
     """A batch from examples, padded on the right to the longest one.
 
     generation: input_ids = tokens[:-1], labels = tokens[1:] where the token is a target, else -100
-    (aligned with the logits). classification: input_ids = tokens, labels = the label ids [B].
+    (aligned with the logits). classification and pair-classification: input_ids = tokens, labels = the
+    label ids [B]. token-classification: labels = the tag of each token [B, T] (-100 where none).
+    question-answering: labels = the answer's (first, last) token [B, 2]. Text pairs add token_type_ids.
     """
 
     task: str
     pad_id: int
 
     def __call__(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
-        if self.task == "classification":
+        if self.task != "generation":
             rows = [e.tokens for e in examples]
-            labels = torch.tensor([e.label for e in examples])
-        else:
-            rows = [e.tokens[:-1] for e in examples]
-            labels = _pad([[t if keep else IGNORE_INDEX for t, keep in zip(e.tokens[1:], e.targets[1:])]
-                           for e in examples], IGNORE_INDEX)
+            if self.task == "token-classification":
+                labels = _pad([e.tags for e in examples], IGNORE_INDEX)
+            elif self.task == "question-answering":
+                labels = torch.tensor([list(e.span) for e in examples])
+            else:
+                labels = torch.tensor([e.label for e in examples])
+            batch = {"input_ids": _pad(rows, self.pad_id), "attention_mask": _pad([[1] * len(r) for r in rows], 0),
+                     "labels": labels}
+            if examples[0].type_ids is not None:
+                batch["token_type_ids"] = _pad([e.type_ids for e in examples], 0)
+            return batch
+        rows = [e.tokens[:-1] for e in examples]
+        labels = _pad([[t if keep else IGNORE_INDEX for t, keep in zip(e.tokens[1:], e.targets[1:])]
+                       for e in examples], IGNORE_INDEX)
         return {"input_ids": _pad(rows, self.pad_id), "attention_mask": _pad([[1] * len(r) for r in rows], 0),
                 "labels": labels}
 

@@ -28,8 +28,9 @@ from lmlab.finetuning.datasets import Collator, Example
 from lmlab.generation import GenerationConfig
 from lmlab.training.objectives import count_targets, loss_sum
 
-METRICS = {"loss": "generation|classification", "rouge": "generation", "accuracy": "classification",
-           "f1": "classification"}
+METRICS = {"loss": ("generation", "classification", "pair-classification", "token-classification", "question-answering"),
+           "rouge": ("generation",), "accuracy": ("classification", "pair-classification"),
+           "f1": ("classification", "pair-classification")}
 HEADLINE = {"loss": "val_loss", "rouge": "rouge1", "accuracy": "accuracy", "f1": "f1"}
 
 

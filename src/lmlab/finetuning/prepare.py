@@ -35,23 +35,25 @@ FP32_BYTES = 4
 ADAMW_STATES = 2  # first and second moment
 
 
-def attach_classification_head(model: Transformer, labels: list[str], seed: int = 0) -> Transformer:
-    """Give `model` a freshly initialized sequence-classification head for `labels` (id = position)."""
+def attach_head(model: Transformer, head: str, labels: list[str] | None = None, seed: int = 0) -> Transformer:
+    """Give `model` a freshly initialized task head: sequence-classification or token-classification for
+    `labels` (id = position), or question-answering (a start and an end logit per token)."""
     c = model.config
     if c.arch == "encoder-decoder":
-        raise LmlabError("classification fine-tuning needs an encoder (BERT-like) or a decoder (GPT-like) model; "
-                         "an encoder-decoder writes its answers as text: fine-tune it for generation")
-    id2label = {str(i): name for i, name in enumerate(labels)}
-    config = c.replace(head="sequence-classification", num_labels=len(labels), extra={**c.extra, "id2label": id2label})
-    head = make_head(config, model.tok_emb)
+        raise LmlabError(f"a {head} head needs an encoder (BERT-like) or a decoder (GPT-like) model; an "
+                         "encoder-decoder writes its answers as text: fine-tune it for generation")
+    labels = labels or []
+    extra = {**c.extra, "id2label": {str(i): name for i, name in enumerate(labels)}} if labels else c.extra
+    config = c.replace(head=head, num_labels=len(labels) or 2, extra=extra)
+    new = make_head(config, model.tok_emb)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, param in head.named_parameters():
+        for name, param in new.named_parameters():
             if name.endswith("bias"):
                 param.zero_()
             else:
                 param.copy_(torch.randn(param.shape, generator=generator) * HEAD_INIT_STD)
-    model.head = head.to(device=model.tok_emb.weight.device, dtype=model.tok_emb.weight.dtype)
+    model.head = new.to(device=model.tok_emb.weight.device, dtype=model.tok_emb.weight.dtype)
     model.config = config
     return model
 

@@ -40,7 +40,7 @@ from lmlab.config import ModelConfig
 from lmlab.errors import LmlabError
 from lmlab.finetuning.datasets import Collator, DataFormat, FinetuneData, load_data
 from lmlab.finetuning.evaluate import HEADLINE, Scores, check_metric, higher_is_better, score
-from lmlab.finetuning.prepare import MemoryPlan, attach_classification_head, enable_gradient_checkpointing, plan_memory
+from lmlab.finetuning.prepare import MemoryPlan, attach_head, enable_gradient_checkpointing, plan_memory
 from lmlab.hub.checkpoint import save_checkpoint
 from lmlab.hub.resolve import LoadedModel, load_model
 from lmlab.planning.limits import check_fits
@@ -54,6 +54,8 @@ METHODS = ("full", "lora")
 DEFAULT_LR = {"full": 5e-5, "lora": 2e-4}
 WARMUP_SHARE = 0.05
 SUMMARY_FILE = "finetune.json"
+HEADS = {"classification": "sequence-classification", "pair-classification": "sequence-classification",
+         "token-classification": "token-classification", "question-answering": "question-answering"}
 
 
 @dataclass
@@ -235,14 +237,15 @@ def finetune(s: FinetuneSettings, env: DistEnv | None = None) -> FinetuneResult:
         raise LmlabError("evaluation and early stopping need validation examples; give --val or a larger "
                          "--val-fraction")
 
-    # 3. A classification head replaces the language-modelling head.
-    if data.task == "classification":
-        attach_classification_head(model, data.labels, s.seed)
-        say(f"new classification head for {len(data.labels)} labels: {', '.join(data.labels)}")
+    # 3. A task head replaces the language-modelling head.
+    if data.task != "generation":
+        head = HEADS[data.task]
+        attach_head(model, head, data.labels, s.seed)
+        say(f"new {head} head" + (f" for {len(data.labels)} labels: {', '.join(data.labels)}" if data.labels else ""))
 
     # 4. What trains, and the memory it takes.
     report = None
-    trainable = ["head"] if data.task == "classification" else []
+    trainable = ["head"] if data.task != "generation" else []
     if s.method == "lora":
         report = apply_lora(model, s.lora_targets, s.lora_rank, s.lora_alpha, s.lora_dropout, trainable, s.seed)
         say(report.format())
@@ -326,9 +329,9 @@ def load_adapted_model(adapter_folder: str | Path, dtype: torch.dtype = torch.fl
     adapter = AdapterConfig.load(Path(adapter_folder))
     loaded = load_model(adapter.base_model, dtype)
     head = adapter.base_config.get("head")
-    if head == "sequence-classification" and loaded.model.config.head != head:
+    if head in HEADS.values() and loaded.model.config.head != head:
         names = adapter.base_config.get("extra", {}).get("id2label", {})
-        attach_classification_head(loaded.model, [names[str(i)] for i in range(len(names))])
+        attach_head(loaded.model, head, [names[str(i)] for i in range(len(names))])
     report = load_adapter(loaded.model, Path(adapter_folder))
     loaded.model.eval()
     return loaded, report

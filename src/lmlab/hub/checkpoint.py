@@ -123,6 +123,11 @@ def save_checkpoint(model: Transformer, out: Path, tokenizer=None, overwrite: bo
     return Path(out)
 
 
+def _add_to_json(path: Path, fields: dict) -> None:
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    path.write_text(json.dumps({**data, **fields}, indent=2, ensure_ascii=False) + "\n")
+
+
 def is_lmlab_checkpoint(folder: Path) -> bool:
     return (Path(folder) / LMLAB_CONFIG).is_file()
 
@@ -188,6 +193,9 @@ def export_hf(model: Transformer, out: Path, tokenizer=None, overwrite: bool = F
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
         if tokenizer is not None:
             tokenizer.save(tmp)
+            if family == "bert":  # BERT reads segment ids; transformers' generic fast tokenizer omits them unless told
+                _add_to_json(tmp / "tokenizer_config.json",
+                             {"model_input_names": ["input_ids", "token_type_ids", "attention_mask"]})
         if card is not None:
             from lmlab.hub.model_card import write_model_card
 

@@ -52,6 +52,8 @@ def config_from_hf(hf: dict[str, Any], head: str | None = None) -> ModelConfig:
     family = family_of(hf)
     head = head or _head_from_architectures(hf, family)
     num_labels = len(hf.get("id2label") or {}) or hf.get("num_labels", 2)
+    named = {str(k): v for k, v in (hf.get("id2label") or {}).items()}
+    extra = {"id2label": named} if head in ("sequence-classification", "token-classification") and named else {}
     ids = {k: hf.get(k) for k in ("pad_token_id", "bos_token_id", "eos_token_id")}
     ids = {k: (v[0] if isinstance(v, list) else v) for k, v in ids.items()}
     if family == "llama":
@@ -64,7 +66,8 @@ def config_from_hf(hf: dict[str, Any], head: str | None = None) -> ModelConfig:
             max_seq_len=hf.get("max_position_embeddings", 2048), pos_encoding="rotary",
             rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))), norm="rmsnorm",
             norm_eps=hf.get("rms_norm_eps", 1e-6), activation="swiglu", bias=bool(hf.get("attention_bias", False)),
-            tie_embeddings=bool(hf.get("tie_word_embeddings", False)), head=head, num_labels=num_labels, **ids,
+            tie_embeddings=bool(hf.get("tie_word_embeddings", False)), head=head, num_labels=num_labels, extra=extra,
+            **ids,
         ).validate()
     if family == "gpt2":
         d = hf["n_embd"]
@@ -74,7 +77,8 @@ def config_from_hf(hf: dict[str, Any], head: str | None = None) -> ModelConfig:
             d_ff=hf.get("n_inner") or 4 * d, max_seq_len=hf["n_positions"], pos_encoding="learned",
             norm="layernorm", norm_eps=hf.get("layer_norm_epsilon", 1e-5),
             activation=act.get(hf.get("activation_function", "gelu_new"), "gelu_tanh"), bias=True,
-            tie_embeddings=bool(hf.get("tie_word_embeddings", True)), head=head, num_labels=num_labels, **ids,
+            tie_embeddings=bool(hf.get("tie_word_embeddings", True)), head=head, num_labels=num_labels, extra=extra,
+            **ids,
         ).validate()
     if family == "bert":
         return ModelConfig(
@@ -84,7 +88,7 @@ def config_from_hf(hf: dict[str, Any], head: str | None = None) -> ModelConfig:
             norm_position="post", norm_eps=hf.get("layer_norm_eps", 1e-12), embedding_norm=True,
             activation={"gelu": "gelu", "relu": "relu", "gelu_new": "gelu_tanh"}.get(hf.get("hidden_act"), "gelu"),
             bias=True, tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
-            type_vocab_size=hf.get("type_vocab_size", 2), head=head, num_labels=num_labels, **ids,
+            type_vocab_size=hf.get("type_vocab_size", 2), head=head, num_labels=num_labels, extra=extra, **ids,
         ).validate()
     gated = hf.get("feed_forward_proj", "relu").startswith("gated")
     act = hf.get("feed_forward_proj", "relu").removeprefix("gated-")
@@ -266,7 +270,9 @@ def hf_config_from_lmlab(config: ModelConfig, family: str) -> dict[str, Any]:
         common["id2label"] = {str(i): f"LABEL_{i}" for i in range(c.num_labels)}
     labels = c.extra.get("id2label")
     if labels:
-        common["id2label"] = {str(i): name for i, name in enumerate(labels)}
+        names = [labels[str(i)] for i in range(len(labels))] if isinstance(labels, dict) else labels
+        common["id2label"] = {str(i): name for i, name in enumerate(names)}
+        common["label2id"] = {name: i for i, name in enumerate(names)}
     if family == "llama":
         return {**common, "model_type": "llama", "hidden_size": c.d_model, "num_hidden_layers": c.n_layer,
                 "num_attention_heads": c.n_head, "num_key_value_heads": c.n_kv_head, "head_dim": c.d_head,

@@ -125,7 +125,9 @@ def count_targets(batch: dict[str, torch.Tensor]) -> int:
 
 def loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Sum of the cross-entropies over the labelled positions (labels aligned with logits, -100 ignored),
-    computed on float32 logits; a classifier's labels are one per sequence.
+    computed on float32 logits; a classifier's labels are one per sequence, an extractive QA head's
+    are the answer's first and last token, each scored against the softmax over positions (Devlin et al.
+    2018, section 4.2; the mean over the two is the loss per target).
 
     When only some positions carry a label (masked LM, completion-only fine-tuning), the model's head
     computes those positions alone (`logits_mask`): the same sum, without the vocabulary projection of
@@ -139,5 +141,8 @@ def loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Te
             logits = model(**inputs, logits_mask=labelled).logits
             return F.cross_entropy(logits.float(), labels[labelled], reduction="sum")
     logits = model(**inputs).logits  # [..., n_out] against labels [...]: per token, or per sequence
+    if logits.dim() == 3 and labels.shape != logits.shape[:2]:  # a span head: [B, T, 2] against (start, end) [B, 2]
+        return F.cross_entropy(logits.transpose(1, 2).reshape(-1, logits.shape[1]).float(), labels.reshape(-1),
+                               reduction="sum")
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
                            ignore_index=IGNORE_INDEX, reduction="sum")

@@ -1,0 +1,138 @@
+"""Question answering over a context: extractive (a span of the context) or generative (written).
+
+- Extractive (Devlin et al. 2018, section 4.2, BERT on SQuAD): a head gives each
+  token a start and an end logit (`lmlab finetune MODEL --task
+  question-answering`). The question and the context are encoded as one pair,
+  the context in windows of `max_seq_len` tokens overlapping by `doc_stride`.
+  Tokens outside the context get -10000 before two softmaxes; the span score
+  is p_start(i) * p_end(j) for i <= j < i + max_answer_len, and the best span's
+  characters are cut from the context (transformers' question-answering
+  pipeline, the same steps and defaults).
+- Generative (the default, on SmolLM2-135M-Instruct): the model is asked to
+  answer with a phrase copied from the context; the answer's score is its
+  probability under the model, P(answer | prompt), and start/end locate it in
+  the context (both 0 when it is not a span of it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from lmlab.errors import LmlabError
+from lmlab.generation import GenerationConfig
+from lmlab.generation.chat import user_message
+from lmlab.hub.resolve import LoadedModel
+from lmlab.evaluation.harness import PromptedModel
+from lmlab.pipelines.base import Pipeline, check_text, pad_id, truncating
+from lmlab.pipelines.scoring import continuation_logprobs
+
+QA_PROMPT = ("Answer the question with a short phrase copied from the context.\n\n"
+             "Context: {context}\n\nQuestion: {question}")
+
+
+def select_spans(start: np.ndarray, end: np.ndarray, context_mask: np.ndarray, top_k: int,
+                 max_answer_len: int) -> list[tuple[int, int, float]]:
+    """The top_k (start token, end token, score) spans of one window (see the module docstring)."""
+    start = np.where(context_mask, start, -10000.0)
+    end = np.where(context_mask, end, -10000.0)
+    start = np.exp(start - start.max()); start = start / start.sum()
+    end = np.exp(end - end.max()); end = end / end.sum()
+    start[0] = end[0] = 0.0  # the first token ([CLS]) stands for "no answer"
+    outer = np.triu(np.outer(start, end))
+    candidates = np.tril(outer, max_answer_len - 1).flatten()
+    order = np.argsort(-candidates, kind="stable")[:top_k]
+    allowed = set(np.flatnonzero(context_mask).tolist())
+    spans = []
+    for flat in order:
+        i, j = divmod(int(flat), len(end))
+        if i in allowed and j in allowed:
+            spans.append((i, j, float(candidates[flat])))
+    return spans
+
+
+class QuestionAnsweringPipeline(Pipeline):
+    """`{"score", "start", "end", "answer"}` per (question, context) (a list of top_k with top_k > 1)."""
+
+    task = "question-answering"
+
+    def __init__(self, loaded: LoadedModel, max_new_tokens: int = 32, **kwargs: Any) -> None:
+        super().__init__(loaded, **kwargs)
+        c = loaded.model.config
+        self.extractive = c.head == "question-answering"
+        if not self.extractive and (c.head != "lm" or not c.has_decoder):
+            raise LmlabError(f"{loaded.reference} can neither extract answers (no question-answering head: "
+                             f"`lmlab finetune {loaded.reference} --task question-answering --data train-squad.json "
+                             "--out runs/qa`) nor write them (no language-modelling head)")
+        self.max_new_tokens = max_new_tokens
+
+    def describe(self) -> str:
+        if self.extractive:
+            return f"{self.loaded.reference}, extractive (start/end head)"
+        return f"{self.loaded.reference}, generative (answer written, located in the context)"
+
+    def is_single(self, inputs: Any) -> bool:
+        return isinstance(inputs, dict)
+
+    def check(self, item: Any) -> tuple[str, str]:
+        if not isinstance(item, dict) or "question" not in item:
+            raise LmlabError("question answering takes {'question': ..., 'context': ...}")
+        if not str(item.get("context") or "").strip():
+            raise LmlabError("question answering needs a context to find the answer in (context=... in Python, "
+                             "--context on the command line)")
+        return check_text(item["question"], "question"), check_text(item["context"], "context")
+
+    def __call__(self, inputs: Any = None, question: str | None = None, context: str | None = None,
+                 **options: Any) -> Any:
+        if inputs is None:
+            if question is None:
+                raise LmlabError("question answering needs a question")
+            inputs = {"question": question, "context": context}
+        return super().__call__(inputs, **options)
+
+    def predict(self, items: list[tuple[str, str]], top_k: int = 1, max_answer_len: int = 15,
+                doc_stride: int = 128, max_seq_len: int = 384, **_: Any) -> list[Any]:
+        if self.extractive:
+            answers = [self._extract(q, c, top_k, max_answer_len, doc_stride, max_seq_len) for q, c in items]
+        else:
+            answers = self._generate(items)
+        return [a[0] if top_k == 1 and a else a for a in answers]
+
+    def _extract(self, question: str, context: str, top_k: int, max_answer_len: int, doc_stride: int,
+                 max_seq_len: int) -> list[dict[str, Any]]:
+        length = min(max_seq_len, self.model.config.max_seq_len)
+        with truncating(self.tokenizer, length, "only_second", stride=doc_stride) as backend:
+            first = backend.encode(question, context, add_special_tokens=True)
+        answers, cls = [], self.tokenizer.cls_id
+        for encoding in [first, *first.overflowing]:
+            ids = torch.tensor([encoding.ids])
+            types = torch.tensor([encoding.type_ids]) if self.model.config.type_vocab_size else None
+            logits = self.model(ids, token_type_ids=types).logits[0].float().numpy()
+            # the context's tokens, and [CLS], which transformers keeps in the softmax as the "no answer" token
+            desired = np.array([s == 1 or i == cls for s, i in zip(encoding.sequence_ids, encoding.ids)])
+            for i, j, score in select_spans(logits[:, 0], logits[:, 1], desired, top_k, max_answer_len):
+                start, end = encoding.offsets[i][0], encoding.offsets[j][1]
+                answers.append({"score": score, "start": start, "end": end, "answer": context[start:end]})
+        return sorted(answers, key=lambda a: -a["score"])[:top_k]
+
+    def _generate(self, items: list[tuple[str, str]]) -> list[list[dict[str, Any]]]:
+        prompted = PromptedModel.create(self.model, self.tokenizer)
+        prompts = [prompted.ids(user_message(QA_PROMPT.format(context=c, question=q)) if prompted.chat
+                                else QA_PROMPT.format(context=c, question=q) + "\nAnswer:") for q, c in items]
+        texts = prompted.complete(prompts, GenerationConfig(max_new_tokens=self.max_new_tokens, truncate=True),
+                                  self.batch_size)
+        answers = [text.strip().rstrip(".").strip() for text in texts]
+        scored = continuation_logprobs(self.model, [(p, self.tokenizer.encode(a) or [pad_id(self.loaded)])
+                                                    for p, a in zip(prompts, answers)], pad_id(self.loaded))
+        out = []
+        for (_, context), answer, logprob in zip(items, answers, scored):
+            start = context.lower().find(answer.lower()) if answer else -1
+            span = (start, start + len(answer)) if start >= 0 else (0, 0)
+            text = context[span[0]:span[1]] if start >= 0 else answer
+            out.append([{"score": float(np.exp(logprob)), "start": span[0], "end": span[1], "answer": text}])
+        return out
+
+
+__all__ = ["QuestionAnsweringPipeline", "select_spans"]

@@ -1,0 +1,129 @@
+"""Every task name answers with transformers' keys; bad input ends in one clear line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import transformers
+
+import lmlab
+from lmlab.cli.main import main
+from lmlab.errors import LmlabError
+from lmlab.hub.checkpoint import export_hf, load_checkpoint
+from lmlab.hub.resolve import load_model
+from lmlab.pipelines.registry import TASKS
+from lmlab.tokenizers import load_tokenizer
+from tests.finetuning.test_cli import error_line
+from tests.tiny_lm import make_tiny_checkpoint
+
+FIFTEEN = {"sentiment-analysis", "text-classification", "zero-shot-classification", "text-generation",
+           "text2text-generation", "translation", "summarization", "question-answering", "fill-mask", "ner",
+           "conversational", "sentence-similarity", "token-classification", "feature-extraction",
+           "table-question-answering"}
+# Keys of the pipelines transformers 5 no longer ships, as transformers 4's documentation gives them.
+V4_KEYS = {"summarization": {"summary_text"}, "translation": {"translation_text"},
+           "text2text-generation": {"generated_text"}, "question-answering": {"score", "start", "end", "answer"},
+           "table-question-answering": {"answer", "coordinates", "cells", "aggregator"}}
+
+
+@pytest.fixture(scope="module")
+def tiny_chat(tmp_path_factory):
+    folder = make_tiny_checkpoint(tmp_path_factory.mktemp("chat") / "model", max_seq_len=256, chat=True)
+    return load_model(str(folder)), folder
+
+
+def test_the_registry_holds_the_fifteen_names():
+    assert set(TASKS) == FIFTEEN
+
+
+def test_text_generation_is_transformers_greedy_output(tiny_chat, tmp_path):
+    loaded, folder = tiny_chat
+    hf = export_hf(load_checkpoint(folder), tmp_path / "hf", load_tokenizer(folder))
+    prompt = "Tom: hello there"
+    ours = lmlab.pipeline("text-generation", loaded)(prompt, max_new_tokens=6)
+    theirs = transformers.pipeline("text-generation", model=str(hf))(prompt, max_new_tokens=6, do_sample=False)
+    assert ours == theirs
+    chat = [{"role": "user", "content": "hello"}]
+    mine = lmlab.pipeline("text-generation", loaded)(chat, max_new_tokens=4)
+    assert set(mine[0]) == {"generated_text"} and mine[0]["generated_text"][:1] == chat
+    assert mine[0]["generated_text"][-1]["role"] == "assistant"
+
+
+@pytest.mark.parametrize("task,inputs", [
+    ("summarization", "Tom: hello. Ann: hi."),
+    ("translation", "hello there"),
+    ("text2text-generation", "say hello"),
+    ("question-answering", {"question": "who said hello?", "context": "Tom said hello."}),
+    ("table-question-answering", {"table": {"name": ["Tom", "Ann"], "age": ["3", "4"]}, "query": "how old is Ann?"}),
+])
+def test_generation_type_tasks_answer_with_transformers_keys(tiny_chat, task, inputs):
+    out = lmlab.pipeline(task, tiny_chat[0], max_new_tokens=4)(inputs)
+    result = out if isinstance(out, dict) else out[0]
+    assert set(result) == V4_KEYS[task]
+
+
+def test_conversational_appends_the_reply(tiny_chat):
+    out = lmlab.pipeline("conversational", tiny_chat[0], max_new_tokens=4)("hello")
+    messages = out[0]["generated_text"]
+    assert [m["role"] for m in messages] == ["user", "assistant"]
+
+
+def test_zero_shot_by_likelihood_keys_and_order(tiny_chat):
+    out = lmlab.pipeline("zero-shot-classification", tiny_chat[0])(["a dog", "a cat"], candidate_labels="red,blue")
+    assert [set(o) for o in out] == [{"sequence", "labels", "scores"}] * 2
+    for o in out:
+        assert sorted(o["labels"]) == ["blue", "red"] and o["scores"] == sorted(o["scores"], reverse=True)
+        assert sum(o["scores"]) == pytest.approx(1.0)
+
+
+def test_fill_mask_by_a_causal_lm_ranks_candidates(tiny_chat):
+    out = lmlab.pipeline("fill-mask", tiny_chat[0])("Tom said <mask> to Ann.", top_k=3)
+    assert len(out) == 3 and all(set(o) == {"score", "token", "token_str", "sequence"} for o in out)
+    assert [o["score"] for o in out] == sorted((o["score"] for o in out), reverse=True)
+    assert all(o["sequence"].startswith("Tom said") and o["sequence"].endswith("to Ann.") for o in out)
+
+
+def test_unknown_task_lists_close_names(capsys):
+    assert main(["run", "sentimnt-analysis", "--text", "hi"]) == 1
+    line = error_line(capsys)
+    assert "did you mean: sentiment-analysis" in line and "table-question-answering" in line
+
+
+def test_model_without_the_head_names_the_finetune_command(capsys, minilm_dir):
+    assert main(["run", "ner", "minilm-l6", "--text", "Anna lives in Berlin"]) == 1
+    assert "lmlab finetune minilm-l6 --task token-classification" in error_line(capsys)
+
+
+def test_empty_input(capsys, minilm_dir):
+    assert main(["run", "feature-extraction", "--text", "  "]) == 1
+    assert "empty" in error_line(capsys)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["question-answering", "--text", "who?"], "needs a context"),
+    (["zero-shot-classification", "--text", "a dog"], "needs candidate labels"),
+])
+def test_missing_companion_inputs(capsys, tiny_chat, args, message):
+    assert main(["run", args[0], str(tiny_chat[1]), *args[1:]]) == 1
+    assert message in error_line(capsys)
+
+
+def test_table_that_is_not_rectangular(capsys, tiny_chat, tmp_path):
+    table = tmp_path / "t.csv"
+    table.write_text("name,age\nTom,3\nAnn\n")
+    assert main(["run", "table-question-answering", str(tiny_chat[1]), "--text", "age of Ann?", "--table",
+                 str(table)]) == 1
+    assert "not rectangular" in error_line(capsys)
+    with pytest.raises(LmlabError, match="not rectangular"):
+        lmlab.pipeline("table-question-answering", tiny_chat[0])(table={"a": ["1", "2"], "b": ["3"]}, query="a?")
+
+
+def test_run_writes_jsonl_in_input_order(tiny_chat, tmp_path, minilm_dir):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"source_sentence": s, "sentences": ["a cat", "a dog"]}) + "\n"
+                            for s in ("a cat", "a dog")))
+    out = tmp_path / "out" / "sim.jsonl"
+    assert main(["run", "sentence-similarity", "--data", str(data), "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows[0][0] == pytest.approx(1.0, abs=1e-5) and rows[1][1] == pytest.approx(1.0, abs=1e-5)
