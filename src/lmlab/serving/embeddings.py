@@ -14,14 +14,9 @@ import torch
 
 from lmlab.errors import LmlabError
 from lmlab.hub.resolve import LoadedModel
+from lmlab.models.pooling import mean_pool, normalize
 
 BATCH_SIZE = 32
-
-
-def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of hidden [B, T, d] over the positions where mask [B, T] is 1."""
-    mask = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
 
 class SentenceEncoder:
@@ -59,5 +54,5 @@ class SentenceEncoder:
                     ids[b, :len(row)] = torch.tensor(row)
                     mask[b, :len(row)] = 1
                 hidden = self.model(ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids)).hidden_states
-                out.append(torch.nn.functional.normalize(mean_pool(hidden.float(), mask), dim=-1))
+                out.append(normalize(mean_pool(hidden.float(), mask)))
         return torch.cat(out)
