@@ -166,7 +166,7 @@ def test_cli_prints_the_table_and_writes_the_report(chat_checkpoint, tmp_path, c
     assert main(args[:-2] + ["--no-chat", "--stop", ""]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["chat"] is False and summary["settings"][0]["stop"] == []
-    assert sorted(p.name for p in out.iterdir()) == ["predictions.jsonl", "rouge.png", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".lmlab.json", "predictions.jsonl", "rouge.png", "summary.json"]
 
 
 def error_line(capsys):
@@ -212,6 +212,6 @@ def test_an_output_folder_holding_other_files_is_refused_and_left_alone(checkpoi
     (out / "notes.txt").write_text("keep me")
     (out / "summary.json").write_text("{}")
     assert main(["icl", str(checkpoint), "--out", str(out)]) == 1
-    assert "holds other files (notes.txt)" in error_line(capsys)
+    assert "(notes.txt, summary.json) and was not written by lmlab" in error_line(capsys)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "summary.json"]
     assert (out / "summary.json").read_text() == "{}"

@@ -343,7 +343,8 @@ def test_cli_train_encode_info(tmp_path, capsys):
     train = ["tokenizer", "train", "--data", str(corpus), "--out", str(out)]
     code, stdout, _ = _run(capsys, *train, "--vocab-size", "300")
     assert code == 0 and "300 tokens" in stdout
-    assert sorted(p.name for p in out.iterdir()) == ["lmlab_tokenizer.json", "tokenizer.json", "tokenizer_config.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".lmlab.json", "lmlab_tokenizer.json", "tokenizer.json",
+                                                    "tokenizer_config.json"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left behind
 
     # training again over an existing tokenizer folder replaces it
@@ -387,7 +388,7 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
         ([*train, str(tmp_path / "missing.txt"), "--out", str(tmp_path / "a")], "no such training file"),
         ([*train, str(tmp_path / "empty.txt"), "--out", str(tmp_path / "a")], "the training corpus is empty"),
         ([*train, str(tmp_path / "latin1.txt"), "--out", str(tmp_path / "a")], "is not UTF-8 text"),
-        ([*train, str(corpus), "--out", str(occupied)], "is not empty and holds no tokenizer"),
+        ([*train, str(corpus), "--out", str(occupied)], "was not written by lmlab"),
         (["tokenizer", "train", "--vocab-size", "257", "--data", str(corpus), "--out", str(tmp_path / "a")],
          "at least 258"),
         (["tokenizer", "info", str(tmp_path / "nowhere")], "no such tokenizer file or folder"),

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lmlab.errors import LmlabError, did_you_mean
+from lmlab.io import write_json
 
 ARCHS = ("encoder", "decoder", "encoder-decoder")
 POS_ENCODINGS = ("sinusoidal", "learned", "rotary", "relative", "none")
@@ -171,7 +172,7 @@ class ModelConfig:
         return ModelConfig.from_dict({**self.to_dict(), **changes})
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: Path) -> ModelConfig:

@@ -21,7 +21,6 @@ compared on the same examples.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -34,11 +33,11 @@ from lmlab.errors import LmlabError, did_you_mean
 from lmlab.evaluation.harness import PromptedModel, fitting_notice, references_of
 from lmlab.evaluation.metrics import ROUGE_TYPES, rouge_scores
 from lmlab.generation import GenerationConfig
-from lmlab.hub.checkpoint import atomic_folder
+from lmlab.io import claim_folder, replace_folder, save_figure, write_json, write_jsonl
 from lmlab.prompting import PromptTemplate, Record, choose_examples, template_fields
 from lmlab.records import read_records
 
-REPORT_FILES = ("predictions.jsonl", "summary.json", "rouge.png")
+REPORT_KIND = "icl-report"  # the kind of output folder lmlab.io marks
 ROUGE_NAMES = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum"}
 # The inference parameters a sweep may vary, with their types. Sweeping a sampling parameter turns sampling on.
 SWEEPABLE = {"temperature": float, "top_k": int, "top_p": float, "repetition_penalty": float, "max_new_tokens": int}
@@ -189,15 +188,9 @@ def record_id(record: Record, id_field: str, index: int) -> str:
 
 
 def check_report_folder(out: str | Path) -> None:
-    """Refuse an output folder that holds anything besides an earlier report (which is replaced)."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise LmlabError(f"{out} exists and is not a folder")
-    if out.is_dir():
-        others = sorted(entry.name for entry in out.iterdir() if entry.name not in REPORT_FILES)
-        if others:
-            shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
-            raise LmlabError(f"{out} holds other files ({shown}); choose a new or empty folder for the report")
+    """Refuse an output folder that holds anything but an earlier report, which is replaced
+    (lmlab.io.claim_folder: new, empty, or a report lmlab wrote)."""
+    claim_folder(out, REPORT_KIND, overwrite=True)
 
 
 def run_icl(
@@ -297,7 +290,7 @@ def plot_rouge(report: IclReport, path: str | Path, title: str = "ROUGE by numbe
     ax.legend(ncols=len(ROUGE_TYPES), loc="upper left", fontsize=8, frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -305,11 +298,8 @@ def write_report(report: IclReport, out: str | Path, info: dict[str, Any]) -> Pa
     """Write predictions.jsonl, summary.json (the rows, the run's `info`, notices) and rouge.png into
     `out`, all at once: the files are written in a temporary folder renamed into place."""
     out = Path(out)
-    check_report_folder(out)
-    with atomic_folder(out, overwrite=True) as tmp:
-        with open(tmp / "predictions.jsonl", "w", encoding="utf-8") as f:
-            for prediction in report.predictions:
-                f.write(json.dumps(asdict(prediction), ensure_ascii=False) + "\n")
+    with replace_folder(out, REPORT_KIND, overwrite=True) as tmp:
+        write_jsonl(tmp / "predictions.jsonl", (asdict(prediction) for prediction in report.predictions))
         summary = {
             **info,
             "chat": report.chat,
@@ -318,7 +308,7 @@ def write_report(report: IclReport, out: str | Path, info: dict[str, Any]) -> Pa
             "notices": report.notices,
             "seconds": report.seconds,
         }
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        write_json(tmp / "summary.json", summary)
         swept = f" and {report.settings[0].label.partition('=')[0]}" if len(report.settings) > 1 else ""
         plot_rouge(report, tmp / "rouge.png", f"{info.get('model', 'model')}\nROUGE by number of examples{swept}, "
                                               f"{report.rows[0].n} records")

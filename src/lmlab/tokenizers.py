@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
-import shutil
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -34,11 +31,13 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from lmlab.errors import LmlabError
+from lmlab.io import replace_folder, write_text
 
 TOKENIZER_FILE = "tokenizer.json"
 LMLAB_TOKENIZER_FILE = "lmlab_tokenizer.json"
 CHAR_TOKENIZER_FILE = "lmlab_char_tokenizer.json"
 HF_CONFIG_FILE = "tokenizer_config.json"
+TOKENIZER_KIND = "tokenizer"  # the kind of output folder lmlab.io marks
 
 ROLES = ("bos", "eos", "pad", "unk", "cls", "sep", "mask")
 
@@ -178,16 +177,16 @@ class Tokenizer:
         so that transformers' `AutoTokenizer.from_pretrained(folder)` loads the same tokenizer."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        _write_atomic(folder / TOKENIZER_FILE, self.backend.to_str(pretty=True))
+        write_text(folder / TOKENIZER_FILE, self.backend.to_str(pretty=True))
         own = {"special_tokens": self.special_tokens, "chat_template": self.chat_template}
-        _write_atomic(folder / LMLAB_TOKENIZER_FILE, json.dumps(own, indent=2, ensure_ascii=False))
+        write_text(folder / LMLAB_TOKENIZER_FILE, json.dumps(own, indent=2, ensure_ascii=False))
         hf_config = {
             "tokenizer_class": "PreTrainedTokenizerFast",
             "clean_up_tokenization_spaces": False,
             **{f"{role}_token": token for role, token in self.special_tokens.items()},
             **({"chat_template": self.chat_template} if self.chat_template else {}),
         }
-        _write_atomic(folder / HF_CONFIG_FILE, json.dumps(hf_config, indent=2, ensure_ascii=False))
+        write_text(folder / HF_CONFIG_FILE, json.dumps(hf_config, indent=2, ensure_ascii=False))
 
 
 @dataclass
@@ -257,7 +256,7 @@ class CharTokenizer:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         data = {"kind": "char", "chars": self.chars}
-        _write_atomic(folder / CHAR_TOKENIZER_FILE, json.dumps(data, indent=1, ensure_ascii=False))
+        write_text(folder / CHAR_TOKENIZER_FILE, json.dumps(data, indent=1, ensure_ascii=False))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -623,55 +622,11 @@ class _Corpus:
                 raise LmlabError(f"{path} is not UTF-8 text") from None
 
 
-def check_output_folder(out: Path) -> None:
-    """Refuse an output folder that exists and holds something other than a tokenizer."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise LmlabError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not _is_tokenizer_folder(out):
-        raise LmlabError(f"{out} is not empty and holds no tokenizer; choose another output folder")
-
-
 def save_tokenizer_folder(tokenizer: Tokenizer | CharTokenizer, out: Path) -> None:
-    """Make `out` a folder holding just `tokenizer`: written in full under a temporary name next to it,
-    then renamed into place, so no reader ever sees a half-written tokenizer. Replaces an older tokenizer."""
-    out = Path(out)
-    check_output_folder(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = _temporary_name(out, "new")
-    staging.mkdir()
-    try:
+    """Make `out` a folder holding just `tokenizer`, written in full and swapped in (lmlab.io.replace_folder),
+    so no reader ever sees a half-written tokenizer. Replaces a tokenizer lmlab wrote there before."""
+    with replace_folder(out, TOKENIZER_KIND, overwrite=True) as staging:
         tokenizer.save(staging)
-        if out.exists():
-            old = _temporary_name(out, "old")
-            os.replace(out, old)
-            os.replace(staging, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _is_tokenizer_folder(folder: Path) -> bool:
-    return (folder / TOKENIZER_FILE).is_file() or (folder / CHAR_TOKENIZER_FILE).is_file()
-
-
-def _temporary_name(path: Path, purpose: str) -> Path:
-    """A fresh hidden name next to `path`, so that a rename onto `path` stays on one file system."""
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.{purpose}")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder and a rename."""
-    tmp = _temporary_name(path, "tmp")
-    try:
-        with tmp.open("x", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------

@@ -160,7 +160,7 @@ def test_adapter_round_trip(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(fresh(**inputs(fresh)).logits, model(**inputs(model)).logits, atol=0, rtol=0)
     files = sorted(p.name for p in (tmp_path / "adapter").iterdir())
-    assert files == ["adapter.json", "adapter.safetensors"]
+    assert files == [".lmlab.json", "adapter.json", "adapter.safetensors"]
 
 
 def test_adapter_refuses_another_base(tmp_path):

@@ -78,15 +78,24 @@ def test_a_float_model_is_not_saved_as_quantized(model, tmp_path):
     assert not (tmp_path / "q").exists()
 
 
-def test_an_existing_folder_is_kept_unless_overwriting(model, tmp_path):
+def test_a_users_folder_is_kept_even_when_overwriting(model, tmp_path):
     quantized = quantize_model(copy.deepcopy(model), QuantSpec())
     (tmp_path / "q").mkdir()
     (tmp_path / "q" / "mine.txt").write_text("keep me")
-    with pytest.raises(LmlabError, match="not empty"):
-        save_quantized(quantized, tmp_path / "q")
+    for overwrite in (False, True):
+        with pytest.raises(LmlabError, match="not empty and was not written by lmlab"):
+            save_quantized(quantized, tmp_path / "q", overwrite=overwrite)
     assert (tmp_path / "q" / "mine.txt").read_text() == "keep me"
+
+
+def test_an_lmlab_model_folder_is_replaced_only_when_overwriting(model, tmp_path):
+    quantized = quantize_model(copy.deepcopy(model), QuantSpec())
+    save_quantized(quantized, tmp_path / "q")
+    with pytest.raises(LmlabError, match="already holds an lmlab model"):
+        save_quantized(quantized, tmp_path / "q")
     save_quantized(quantized, tmp_path / "q", overwrite=True)
-    assert not (tmp_path / "q" / "mine.txt").exists()
+    assert load_quantized(tmp_path / "q") is not None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]  # no staging or backup folder left
 
 
 def _edit_config(folder, **changes) -> None:

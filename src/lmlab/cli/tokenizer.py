@@ -9,6 +9,7 @@ from pathlib import Path
 
 from lmlab import tokenizers
 from lmlab.hub.resolve import resolve_tokenizer
+from lmlab.io import claim_folder
 
 TOKENIZER_HELP = ("a model name (smollm2-135m-instruct, minilm-l6, a checkpoint folder, a hub id) or a tokenizer: "
                   "a folder (tokenizer.json, or one .gguf file), a tokenizer.json file, or a .gguf file")
@@ -71,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> None:
-    tokenizers.check_output_folder(args.out)
+    claim_folder(args.out, tokenizers.TOKENIZER_KIND, overwrite=True)  # before the work, not after
     # The trainer draws its progress bars on a terminal; elsewhere it would only print blank lines.
     show_progress = sys.stderr.isatty()
     tokenizer = tokenizers.train_bpe(args.data, args.vocab_size, args.special_tokens, args.min_frequency, show_progress)

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -39,8 +37,10 @@ from lmlab.data.packing import (
 )
 from lmlab.data.readers import corpus_files, read_documents
 from lmlab.errors import LmlabError
+from lmlab.io import recover, replace_folder, write_json
 from lmlab.tokenizers import CharTokenizer, Tokenizer, load_tokenizer
 
+DATASET_KIND = "dataset"  # the kind of output folder lmlab.io marks
 CHAR = "char"  # the tokenizer spec for a character vocabulary built from the corpus itself
 STEPS = ("read", "normalized", "quality-filtered", "exact-dedup", "near-dedup", "packed")
 
@@ -143,30 +143,26 @@ def prepare_documents(
         else:
             tokenizer = load_tokenizer(tokenizer)
     out = Path(out)
+    recover(out)
     if out.exists() and not out.is_dir():
         raise LmlabError(f"{out}: exists and is not a folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with tempfile.TemporaryDirectory() as scratch:
+        tokenizer.save(Path(scratch))
+        tokenizer_digest = _folder_digest(Path(scratch))
+    if source_digest is None:
+        documents = list(documents)
+        source_digest = _digest(documents)
+    name = name or out.name
+    settings_json = json.dumps(_settings_record(settings), sort_keys=True)
+    fingerprint = _digest([name, settings_json, source_digest, tokenizer_digest])
+    if out.is_dir() and any(out.iterdir()):
+        _check_same_dataset(out, fingerprint)
+        return load_prepared(out)
+    with replace_folder(out, DATASET_KIND) as work:
         tokenizer.save(work / "tokenizer")
-        if source_digest is None:
-            documents = list(documents)
-            source_digest = _digest(documents)
-        name = name or out.name
-        tokenizer_digest = _folder_digest(work / "tokenizer")
-        settings_json = json.dumps(_settings_record(settings), sort_keys=True)
-        fingerprint = _digest([name, settings_json, source_digest, tokenizer_digest])
-        if out.exists() and any(out.iterdir()):
-            _check_same_dataset(out, fingerprint)
-            return load_prepared(out)
         manifest = _run(documents, tokenizer, work, settings, progress)
         manifest.update(name=name, fingerprint=fingerprint, tokenizer_digest=tokenizer_digest, sources=list(sources))
-        (work / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        if out.exists():
-            out.rmdir()  # empty: checked above
-        os.replace(work, out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        write_json(work / MANIFEST, manifest)
     return load_prepared(out)
 
 

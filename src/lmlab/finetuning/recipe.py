@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import math
 import resource
-import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -43,12 +42,13 @@ from lmlab.finetuning.evaluate import HEADLINE, Scores, check_metric, higher_is_
 from lmlab.finetuning.prepare import MemoryPlan, attach_head, enable_gradient_checkpointing, plan_memory
 from lmlab.hub.checkpoint import save_checkpoint
 from lmlab.hub.resolve import LoadedModel, load_model
+from lmlab.io import remove_folder, write_json
 from lmlab.planning.limits import check_fits
 from lmlab.models.lora import AdapterConfig, LoRAReport, apply_lora, count_parameters, load_adapter, merge_lora, save_adapter
 from lmlab.training.distributed import DistEnv, run_on_main
 from lmlab.training.fsdp import ParallelConfig
 from lmlab.training.objectives import Objective
-from lmlab.training.trainer import StepMetrics, TrainConfig, Trainer, open_run, write_json_atomic
+from lmlab.training.trainer import StepMetrics, TrainConfig, Trainer, open_run
 
 METHODS = ("full", "lora")
 DEFAULT_LR = {"full": 5e-5, "lora": 2e-4}
@@ -300,7 +300,7 @@ def finetune(s: FinetuneSettings, env: DistEnv | None = None) -> FinetuneResult:
             adapter_dir = save_adapter(model, run.path / "adapter", _base_reference(s.model), report, trainable,
                                        overwrite=True)
         if s.save_adapter_only:
-            shutil.rmtree(model_dir, ignore_errors=True)
+            remove_folder(model_dir)
             model_dir = None
         else:
             save_checkpoint(merge_lora(model) if report is not None else model, model_dir, tokenizer, overwrite=True)
@@ -313,7 +313,7 @@ def finetune(s: FinetuneSettings, env: DistEnv | None = None) -> FinetuneResult:
     )
     if env.is_main:
         summary = {**asdict(result), "settings": _identity(s, train_config)}
-        write_json_atomic(run.path / SUMMARY_FILE, json.loads(json.dumps(summary, default=str)))
+        write_json(run.path / SUMMARY_FILE, json.loads(json.dumps(summary, default=str)))
     return result
 
 

@@ -6,63 +6,29 @@ An lmlab checkpoint is a folder with
     tokenizer files     when the model has a tokenizer
 A Hugging Face folder is config.json + model.safetensors (or shards) + tokenizer
 files; `export_hf` writes one that `transformers` loads with no network.
-Folders are written under a temporary name and renamed at the end, so an
-interrupted save never leaves a half-written checkpoint.
+Folders are written through lmlab.io: staged under a temporary name and
+swapped in at the end, so an interrupted save never leaves a half-written
+checkpoint, and only folders lmlab wrote are ever replaced.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from lmlab.config import ModelConfig
 from lmlab.errors import LmlabError
 from lmlab.hub.convert import (config_from_hf, family_of, guess_family, hf_config_from_lmlab, state_dict_from_hf,
                                state_dict_to_hf)
+from lmlab.io import HF_MODEL_KIND, MODEL_KIND, replace_folder, save_safetensors, write_json
 from lmlab.models import Transformer
 
 LMLAB_CONFIG = "lmlab.json"
 WEIGHTS = "model.safetensors"
-
-
-@contextmanager
-def atomic_folder(out: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder beside `out`; on success it replaces `out`, on failure it vanishes.
-
-    An existing non-empty `out` is refused unless overwrite=True, so nothing the
-    user had is lost by accident.
-    """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise LmlabError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise LmlabError(f"{out} already exists and is not empty (choose another folder or allow overwriting)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the finished folder gets the usual permissions
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        backup = out.with_name(f".{out.name}.old")
-        os.replace(out, backup)
-        os.replace(tmp, out)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
 
 
 def _unique_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -110,12 +76,10 @@ def build_model(config: ModelConfig, state: dict[str, torch.Tensor], source: str
 
 def save_checkpoint(model: Transformer, out: Path, tokenizer=None, overwrite: bool = False, card=None) -> Path:
     """Write an lmlab checkpoint folder (config + safetensors + tokenizer, and a model card when `card`,
-    lmlab.hub.model_card.CardFacts, is given)."""
-    with atomic_folder(out, overwrite) as tmp:
-        model.config.save(tmp / LMLAB_CONFIG)
-        save_file(_unique_tensors(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
-        if tokenizer is not None:
-            tokenizer.save(tmp)
+    lmlab.hub.model_card.CardFacts, is given), replacing it as a whole (lmlab.io.replace_folder: `out` must be
+    new, empty, or an lmlab model folder with `overwrite`)."""
+    with replace_folder(out, MODEL_KIND, overwrite) as tmp:
+        write_checkpoint(model, tmp, tokenizer)
         if card is not None:
             from lmlab.hub.model_card import write_model_card
 
@@ -125,7 +89,15 @@ def save_checkpoint(model: Transformer, out: Path, tokenizer=None, overwrite: bo
 
 def _add_to_json(path: Path, fields: dict) -> None:
     data = json.loads(path.read_text()) if path.is_file() else {}
-    path.write_text(json.dumps({**data, **fields}, indent=2, ensure_ascii=False) + "\n")
+    write_json(path, {**data, **fields})
+
+
+def write_checkpoint(model: Transformer, folder: Path, tokenizer=None) -> None:
+    """Write the checkpoint's files (config, weights, tokenizer) into the existing `folder`."""
+    model.config.save(folder / LMLAB_CONFIG)
+    save_safetensors(_unique_tensors(model), folder / WEIGHTS)
+    if tokenizer is not None:
+        tokenizer.save(folder)
 
 
 def is_lmlab_checkpoint(folder: Path) -> bool:
@@ -182,15 +154,14 @@ def export_hf(model: Transformer, out: Path, tokenizer=None, overwrite: bool = F
     hf_config = hf_config_from_lmlab(config, family)
     hf_config["dtype"] = str(model.tok_emb.weight.dtype).removeprefix("torch.")
     state = state_dict_to_hf({k: v for k, v in model.state_dict().items()}, config, family)
-    with atomic_folder(out, overwrite) as tmp:
-        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    with replace_folder(out, HF_MODEL_KIND, overwrite) as tmp:
+        write_json(tmp / "config.json", hf_config)
         if config.has_decoder and family != "bert":
             generation = {k: v for k, v in (("bos_token_id", config.bos_token_id), ("eos_token_id", config.eos_token_id),
                                             ("pad_token_id", config.pad_token_id),
                                             ("decoder_start_token_id", config.decoder_start_token_id)) if v is not None}
-            (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
-        tensors = {k: v.detach().contiguous().clone() for k, v in state.items()}
-        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
+            write_json(tmp / "generation_config.json", generation)
+        save_safetensors({k: v.detach().contiguous().clone() for k, v in state.items()}, tmp / WEIGHTS)
         if tokenizer is not None:
             tokenizer.save(tmp)
             if family == "bert":  # BERT reads segment ids; transformers' generic fast tokenizer omits them unless told

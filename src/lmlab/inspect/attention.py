@@ -7,13 +7,13 @@ cannot look at the future.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from lmlab.errors import LmlabError
+from lmlab.io import save_figure
 from lmlab.hub.resolve import LoadedModel
 
 STACKS = ("encoder", "decoder", "cross")
@@ -107,8 +107,8 @@ def plot(amap: AttentionMap, out: Path, title: str = "") -> Path:
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, out)
+    try:
+        save_figure(fig, out, dpi=120)
+    finally:
+        plt.close(fig)
     return out

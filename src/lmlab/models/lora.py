@@ -31,10 +31,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from lmlab.errors import LmlabError, did_you_mean
+from lmlab.io import replace_folder, save_safetensors, write_json
 
 ALIASES = {
     "q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj",
@@ -44,6 +44,7 @@ ALL_LINEAR = "all-linear"
 ADAPTER_CONFIG = "adapter.json"
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_FORMAT = "lmlab.lora-adapter"
+ADAPTER_KIND = "adapter"  # the kind of output folder lmlab.io marks
 
 
 class LoRALinear(nn.Linear):
@@ -263,13 +264,11 @@ def save_adapter(model: nn.Module, out: Path, base_model: str, report: LoRARepor
                  overwrite: bool = False) -> Path:
     """Write the adapter alone: adapter.safetensors (A, B and fully trained modules) and adapter.json
     (rank, alpha, targets, the base model's reference and config)."""
-    from lmlab.hub.checkpoint import atomic_folder
-
     config = AdapterConfig(base_model, report.rank, report.alpha, report.dropout, report.targets, report.modules,
                            list(trainable), model.config.to_dict())
-    with atomic_folder(out, overwrite) as tmp:
-        save_file(lora_state_dict(model), str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-        (tmp / ADAPTER_CONFIG).write_text(json.dumps(asdict(config), indent=2) + "\n", encoding="utf-8")
+    with replace_folder(out, ADAPTER_KIND, overwrite) as tmp:
+        save_safetensors(lora_state_dict(model), tmp / ADAPTER_WEIGHTS)
+        write_json(tmp / ADAPTER_CONFIG, asdict(config))
     return Path(out)
 
 

@@ -21,12 +21,12 @@
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lmlab.errors import LmlabError, did_you_mean
+from lmlab.io import save_figure
 from lmlab.planning.compute import PF_DAY, training_flops
 from lmlab.planning.units import format_count, require_positive, scientific
 
@@ -243,16 +243,4 @@ def plot_loss_vs_compute(path: Path, fit: ChinchillaFit, tokens_per_param: float
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(loc="upper right")
     figure.tight_layout()
-    return save_png(figure, path, dpi=120)
-
-
-def save_png(figure: Figure, path: Path, dpi: int) -> Path:
-    """Write a matplotlib figure as PNG through a temporary file in the same folder, then a rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        figure.savefig(tmp, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise LmlabError(f"cannot write the plot to {path}: {err.strerror}") from None
-    return path
+    return save_figure(figure, path, dpi=120)

@@ -29,12 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from lmlab.config import ModelConfig
 from lmlab.errors import LmlabError, did_you_mean
-from lmlab.hub.checkpoint import (LMLAB_CONFIG, WEIGHTS, atomic_folder, load_checkpoint, read_safetensors,
-                                  save_checkpoint)
+from lmlab.hub.checkpoint import LMLAB_CONFIG, WEIGHTS, load_checkpoint, read_safetensors, write_checkpoint
+from lmlab.io import MODEL_KIND, replace_folder, save_safetensors, write_json
 from lmlab.models import Transformer
 from lmlab.quantization.int4 import Int4Embedding, Int4Linear, Int4Spec, TiedInt4Linear
 from lmlab.quantization.quantized_linear import (Int8Matrix, QuantizedEmbedding, is_tied, quantize_model,
@@ -108,17 +107,17 @@ def quantization_of(model: Transformer) -> QuantizationConfig:
 def save_quantized(model: Transformer, out: Path, tokenizer=None, overwrite: bool = False) -> Path:
     """Write a quantized (int8) or cast (fp16 / bf16) model as a checkpoint folder, atomically."""
     quantization = quantization_of(model)
-    with atomic_folder(Path(out), overwrite) as tmp:
+    with replace_folder(out, MODEL_KIND, overwrite) as tmp:
         if quantization.spec is not None:
             model.config.save(tmp / LMLAB_CONFIG)
             state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()
                      if name != TIED_HEAD or not is_tied(model)}
-            save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
+            save_safetensors(state, tmp / WEIGHTS)
             if tokenizer is not None:
                 tokenizer.save(tmp)
         else:
-            save_checkpoint(model, tmp, tokenizer, overwrite=True)
-        (tmp / QUANTIZATION_CONFIG).write_text(json.dumps(quantization.to_dict(), indent=2) + "\n")
+            write_checkpoint(model, tmp, tokenizer)
+        write_json(tmp / QUANTIZATION_CONFIG, quantization.to_dict())
     return Path(out)
 
 

@@ -19,6 +19,7 @@ import torch
 from lmlab.errors import LmlabError
 from lmlab.evaluation.perplexity import PerplexityResult, perplexity
 from lmlab.hub.resolve import EMBEDDED, LoadedModel, embedded_path, load_model
+from lmlab.io import MODEL_KIND, claim_folder
 from lmlab.models import Transformer
 from lmlab.quantization.checkpoint import (TORCH_DTYPES, check_dtype, is_quantized_checkpoint, load_quantized,
                                            save_quantized)
@@ -134,6 +135,9 @@ def quantize_checkpoint(
     spec = (spec or default).validate() if default is not None else None
     if Path(reference).expanduser().is_dir() and is_quantized_checkpoint(Path(reference).expanduser()):
         raise LmlabError(f"{reference} is already quantized; quantize the original model instead")
+    if Path(reference).expanduser().resolve() == Path(out).expanduser().resolve():
+        raise LmlabError(f"--out {out} is the model being quantized; choose another folder")
+    claim_folder(out, MODEL_KIND, overwrite)  # refuse before the work, not after it
     loaded = load_model(reference)
     model = loaded.model
     if isinstance(spec, Int4Spec):

@@ -33,7 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from lmlab.errors import LmlabError
-from lmlab.planning.scaling import ChinchillaFit, save_png
+from lmlab.io import save_figure
+from lmlab.planning.scaling import ChinchillaFit
 from lmlab.planning.units import format_count, require_positive, scientific
 from lmlab.scaling.sweep import RunRecord, read_results
 
@@ -404,4 +405,4 @@ def plot_fit(report: FitReport, path: str | Path) -> Path:
     right.grid(True, which="both", alpha=0.3)
     right.legend(fontsize=8)
     figure.tight_layout()
-    return save_png(figure, path, dpi=110)
+    return save_figure(figure, path, dpi=110)

@@ -53,11 +53,13 @@ from tqdm.auto import tqdm
 
 from lmlab.config import ModelConfig, get_preset
 from lmlab.errors import LmlabError
+from lmlab.io import write_json, write_jsonl, write_marker
 from lmlab.planning.memory import count_parameters
 from lmlab.planning.units import format_count, require_positive, scientific
 
 SWEEP_FILE = "sweep.json"
 SWEEP_FORMAT = "lmlab.scaling-sweep"
+SWEEP_KIND = "scaling-sweep"  # the kind of output folder lmlab.io marks
 RESULTS_FILE = "results.jsonl"
 N_HEAD = 2
 
@@ -268,9 +270,7 @@ def read_results(folder: str | Path) -> list[RunRecord]:
 
 
 def _write_results(out: Path, records: list[RunRecord]) -> None:
-    tmp = out / f".{RESULTS_FILE}.tmp"
-    tmp.write_text("".join(json.dumps(asdict(r)) + "\n" for r in records), encoding="utf-8")
-    os.replace(tmp, out / RESULTS_FILE)
+    write_jsonl(out / RESULTS_FILE, (asdict(r) for r in records))
 
 
 def _open_sweep(settings: SweepSettings) -> list[RunRecord]:
@@ -296,9 +296,8 @@ def _open_sweep(settings: SweepSettings) -> list[RunRecord]:
     if out.is_dir() and any(out.iterdir()):
         raise LmlabError(f"{out} is not empty and holds no scaling sweep; choose another output folder")
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{SWEEP_FILE}.tmp"
-    tmp.write_text(json.dumps({"format": SWEEP_FORMAT, "identity": identity}, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, sweep_file)
+    write_marker(out, SWEEP_KIND)
+    write_json(sweep_file, {"format": SWEEP_FORMAT, "identity": identity})
     return []
 
 

@@ -23,7 +23,6 @@ necessarily what the step waited for.
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import time
@@ -36,6 +35,7 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from lmlab.io import write_json
 from lmlab.planning.memory import TrainingPlan
 from lmlab.planning.units import format_bytes
 from lmlab.training.distributed import DistEnv, gather_to_main
@@ -175,9 +175,7 @@ class StepObserver:
             record = {"strategy": strategy_name, "n_params": plan.n_params, "planned_bytes": planned,
                       "ranks": [{**asdict(held), "total": held.total, "peak_memory": peak} for held, peak in rows],
                       "communication": asdict(self.communication) if self.communication else None}
-            tmp = save_to.with_name(f".{save_to.name}.tmp")
-            tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-            os.replace(tmp, save_to)
+            write_json(save_to, record)
         lines = [f"memory per rank ({strategy_name}, {plan.n_params:,.0f} parameters): model states counted on the tensors "
                  f"each rank holds, beside the plan ({_plan_formula(plan)} = {format_bytes(planned)})",
                  f"  {'rank':>4}  {'parameters':>11}  {'gradients':>11}  {'optimizer':>11}  {'total':>11}  "

@@ -21,8 +21,6 @@ command loads.
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,11 +37,13 @@ from torch.distributed.optim import ZeroRedundancyOptimizer
 from lmlab.config import ModelConfig
 from lmlab.errors import LmlabError
 from lmlab.hub.checkpoint import LMLAB_CONFIG, build_model, export_hf, save_checkpoint
+from lmlab.io import commit_folder, stage_folder, staging_name
 from lmlab.models import Transformer
 from lmlab.tokenizers import load_tokenizer
 from lmlab.training.distributed import DistEnv
 
 SHARDS = "shards"
+CHECKPOINT_KIND = "training-checkpoint"  # the kind of folder lmlab.io marks (the trainer's own checkpoints)
 OPTIMIZER_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)  # one entry per parameter name
 
 
@@ -68,14 +68,13 @@ def save_sharded(folder: Path, model: nn.Module, optimizer: torch.optim.Optimize
     """Write `folder` on every rank: its shards of weights and optimizer states; rank 0 adds the config,
     the tokenizer and whatever `write_main(temporary folder)` writes.
 
-    The folder is assembled under a temporary name and renamed when every
-    rank has finished, so an interrupted save never leaves a partial checkpoint.
+    The folder is assembled in a staging folder (lmlab.io) and swapped in when
+    every rank has finished, so an interrupted save never leaves a partial checkpoint.
     """
     folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp")
+    tmp = staging_name(folder, SHARDS)  # every rank names the same staging folder
     if env.is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        stage_folder(folder, CHECKPOINT_KIND, overwrite=True, token=SHARDS)
         model_config = getattr(model, "config", None)
         if model_config is not None:
             model_config.save(tmp / LMLAB_CONFIG)
@@ -85,9 +84,7 @@ def save_sharded(folder: Path, model: nn.Module, optimizer: torch.optim.Optimize
     if env.is_main:
         if write_main is not None:
             write_main(tmp)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
+        commit_folder(tmp, folder)
     if env.distributed:
         dist.barrier()
 

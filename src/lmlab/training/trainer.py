@@ -32,8 +32,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import shutil
 import signal
 import threading
 import time
@@ -44,14 +42,15 @@ from typing import Any, TextIO
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch.utils.data import ConcatDataset, Dataset
 from tqdm.auto import tqdm
 
 from lmlab.config import ModelConfig
 from lmlab.data.mixture import MixtureSampler
 from lmlab.errors import LmlabError
-from lmlab.hub.checkpoint import LMLAB_CONFIG, atomic_folder, load_checkpoint, read_safetensors, save_checkpoint
+from lmlab.hub.checkpoint import LMLAB_CONFIG, load_checkpoint, read_safetensors, save_checkpoint, write_checkpoint
+from lmlab.io import (clean_leftovers, json_line, read_marker, remove_folder, replace_folder, save_figure,
+                      save_safetensors, write_json, write_jsonl, write_marker)
 from lmlab.models import Transformer
 from lmlab.planning.compute import forward_flops
 from lmlab.planning.measure import uses_fused_attention
@@ -63,11 +62,12 @@ from lmlab.training.fsdp import ParallelConfig, build_strategy
 from lmlab.training.objectives import Objective, count_targets, loss_sum
 from lmlab.training.observe import REPORT_FILE, StepObserver
 from lmlab.training.optim import WarmupCosine
-from lmlab.training.sharded_checkpoint import is_sharded, load_sharded, save_sharded
+from lmlab.training.sharded_checkpoint import CHECKPOINT_KIND, is_sharded, load_sharded, save_sharded
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 RUN_FILE = "run.json"
 RUN_FORMAT = "lmlab.training-run"
+RUN_KIND = "training-run"  # the kind of output folder lmlab.io marks
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 RNG_FILE = "rng.safetensors"
@@ -186,8 +186,10 @@ def open_run(out: str | Path, identity: dict[str, Any], resume: bool = False) ->
         raise LmlabError(f"{out} exists and is not a folder")
     run_file = out / RUN_FILE
     occupied = out.is_dir() and any(out.iterdir())
+    marker = read_marker(out) if occupied else None
     if occupied and not run_file.is_file():
-        raise LmlabError(f"{out} is not empty and holds no lmlab training run; choose another output folder")
+        kind = f"holds an lmlab {marker['kind']}" if marker else "was not written by lmlab"
+        raise LmlabError(f"{out} is not empty and {kind}, not a training run; choose another output folder")
     if occupied and not resume:
         raise LmlabError(f"{out} already holds a training run; pass --resume to continue it, or choose another "
                          "output folder")
@@ -206,17 +208,17 @@ def open_run(out: str | Path, identity: dict[str, Any], resume: bool = False) ->
             changed = sorted(k for k in old.keys() | current.keys() if old.get(k) != current.get(k))
             raise LmlabError(f"{out} holds a different training run (it differs in: {', '.join(changed)}); "
                              "choose another output folder")
+        if marker is None:  # a run folder written before lmlab marked its folders
+            write_marker(out, RUN_KIND)
+        removed = clean_leftovers(out)
+        if removed:
+            print(f"note: removed {len(removed)} temporary file(s) or folder(s) an interrupted save left in {out}",
+                  flush=True)
         return RunFolder(out, identity, resume=True)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_file, {"format": RUN_FORMAT, "identity": identity})
+    write_marker(out, RUN_KIND)
+    write_json(run_file, {"format": RUN_FORMAT, "identity": identity})
     return RunFolder(out, identity, resume=False)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file in the same folder and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -551,21 +553,23 @@ class Trainer:
         history: list[dict[str, Any]] = []
         if start_step and self.run.metrics.is_file():
             for line in self.run.metrics.read_text(encoding="utf-8").splitlines():
-                record = json.loads(line)
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # the last line of a process killed while writing it
+                    continue
                 if record["step"] <= start_step:
                     history.append(record)
         if self.env.is_main:
-            tmp = self.run.metrics.with_name(f".{METRICS_FILE}.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in history), encoding="utf-8")
-            os.replace(tmp, self.run.metrics)
+            write_jsonl(self.run.metrics, history)
         return history
 
     @staticmethod
     def _log(metrics: StepMetrics, log: TextIO | None) -> dict[str, Any]:
-        """The step's record, also written as a JSON line to `log` (open for the run, line-buffered) if given."""
+        """The step's record, also written as a JSON line to `log` (open for the run, line-buffered) if given;
+        a non-finite loss or norm is written as null (JSON has no NaN)."""
         record = {k: v for k, v in vars(metrics).items() if v is not None and v != {}}
         if log is not None:
-            log.write(json.dumps(record) + "\n")
+            log.write(json_line(record))
         return record
 
     def _plot(self, history: list[dict[str, Any]]) -> None:
@@ -585,10 +589,10 @@ class Trainer:
         ax.set_title(f"{self.objective.name}: {self.run.path.name}")
         ax.grid(alpha=0.3)
         ax.legend()
-        tmp = self.run.plot.with_name(f".{PLOT_FILE}.tmp.png")
-        fig.savefig(tmp, dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        os.replace(tmp, self.run.plot)
+        try:
+            save_figure(fig, self.run.plot, dpi=100, bbox_inches="tight")
+        finally:
+            plt.close(fig)
 
     # -- checkpoints ------------------------------------------------------------------------------------
 
@@ -617,28 +621,27 @@ class Trainer:
         }
 
         def write_run_state(tmp: Path) -> None:
-            save_file({f"rank{r}.{k}": v for r, states in enumerate(rng) for k, v in states.items()},
-                      str(tmp / RNG_FILE))
-            write_json_atomic(tmp / STATE_FILE, state)
+            save_safetensors({f"rank{r}.{k}": v for r, states in enumerate(rng) for k, v in states.items()},
+                             tmp / RNG_FILE)
+            write_json(tmp / STATE_FILE, state)  # last: a folder with trainer_state.json is a whole checkpoint
 
         if self.strategy.sharded:  # every rank writes its shards (torch.distributed.checkpoint)
             save_sharded(folder, self.strategy.unwrap(wrapped), optimizer, self.env, self.tokenizer, write_run_state)
         else:
             optimizer_state = self.strategy.optimizer_state(wrapped, optimizer)
             if self.env.is_main:
-                with atomic_folder(folder, overwrite=True) as tmp:
-                    save_checkpoint(self.strategy.unwrap(wrapped), tmp, self.tokenizer, overwrite=True)
-                    tensors = {f"{index}.{key}": value for index, entry in optimizer_state["state"].items()
-                               for key, value in entry.items()}
-                    save_file(tensors, str(tmp / OPTIMIZER_FILE))
+                with replace_folder(folder, CHECKPOINT_KIND, overwrite=True) as staging:
+                    write_checkpoint(self.strategy.unwrap(wrapped), staging, self.tokenizer)
+                    save_safetensors({f"{index}.{key}": value for index, entry in optimizer_state["state"].items()
+                                      for key, value in entry.items()}, staging / OPTIMIZER_FILE)
                     state["optimizer_param_groups"] = [{**g, "betas": list(g["betas"])}
                                                        for g in optimizer_state["param_groups"]]
-                    write_run_state(tmp)
+                    write_run_state(staging)
         if not self.env.is_main:
             return
         for old in self.run.checkpoints.glob("step-*"):
             if old != folder:
-                shutil.rmtree(old, ignore_errors=True)
+                remove_folder(old)
 
     def _load_trainer_state(self, checkpoint: Path) -> dict[str, Any]:
         saved = ModelConfig.load(checkpoint / LMLAB_CONFIG)
