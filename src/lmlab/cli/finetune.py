@@ -138,6 +138,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="keep only each block's input in the forward pass and recompute the rest in the "
                             "backward pass: less activation memory for about a third more compute")
     optim.add_argument("--seed", type=int, default=0, help="seed of the split, data order, new weights, dropout")
+    optim.add_argument("--skip-nonfinite", type=int, default=0, metavar="N",
+                       help="skip up to N steps whose loss or gradient norm is NaN or infinite (no update); beyond "
+                            "N, or with the default 0, a non-finite step stops the run with an error")
     evaluation = p.add_argument_group("evaluation")
     evaluation.add_argument("--eval-metric", choices=list(METRICS), default="loss",
                             help="what evaluations watch: loss (validation loss), rouge (ROUGE-1 of greedy answers; "
@@ -151,7 +154,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluation.add_argument("--max-new-tokens", type=int, default=64, metavar="N",
                             help="longest generated answer when scoring with rouge (default: 64)")
     out = p.add_argument_group("output")
-    out.add_argument("--out", required=True, metavar="DIR", help="output folder (must be new or empty)")
+    out.add_argument("--out", required=True, metavar="DIR",
+                     help="output folder (must be new or empty, unless --resume)")
+    out.add_argument("--resume", action="store_true",
+                     help="continue the fine-tuning run in --out from its last checkpoint, with the same settings "
+                          "(--steps or --epochs may be raised); a finished run is left as it is")
     out.add_argument("--save-adapter-only", action="store_true",
                      help="LoRA: write only adapter/ (a few MB), not the merged model/")
     out.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -189,7 +196,8 @@ def settings_from(args: argparse.Namespace) -> FinetuneSettings:
         gradient_checkpointing=args.grad_checkpointing, packing=args.packing, eval_metric=args.eval_metric,
         eval_every=args.eval_every, eval_samples=args.eval_samples, early_stopping=args.early_stopping,
         max_new_tokens=args.max_new_tokens, save_adapter_only=args.save_adapter_only, seed=args.seed,
-        progress=not args.no_progress, parallel=parallel_config(args),
+        progress=not args.no_progress, parallel=parallel_config(args), resume=args.resume,
+        skip_nonfinite=args.skip_nonfinite,
     )
 
 
@@ -198,11 +206,11 @@ def run_finetune(args: argparse.Namespace) -> int:
     from lmlab.training.launch import relaunch
 
     if args.nproc is not None:
-        return relaunch(args.nproc)
+        return relaunch(args.nproc, run_folder=args.out)
     settings = settings_from(args)
     with process_group() as env, errors_said_by_rank_zero(env):
         result = finetune(settings, env)
-    if env.is_main:
+    if env.is_main and not result.already_done:
         saved = [str(p) for p in (result.model_dir, result.adapter_dir) if p is not None]
         print(f"{result.steps} steps in {result.train_seconds:.0f} s (wall {result.wall_seconds:.0f} s), peak memory "
               f"{result.peak_memory_bytes / 1e9:.2f} GB; saved {' and '.join(saved)}")

@@ -96,6 +96,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     optim.add_argument("--dtype", choices=list(DTYPES), default="fp32",
                        help="fp32, or bf16 autocast: matrix multiplies in bfloat16, weights and optimizer in fp32")
     optim.add_argument("--seed", type=int, default=0, help="seed of the weights, data order, masks, dropout")
+    optim.add_argument("--skip-nonfinite", type=int, default=0, metavar="N",
+                       help="skip up to N steps whose loss or gradient norm is NaN or infinite (no update, counted "
+                            "in metrics.jsonl as skipped_steps), as large runs do; beyond N, or with the default "
+                            "0, a non-finite step stops the run with an error, keeping the last checkpoint")
     optim.add_argument("--qat", choices=("tensor", "channel", "group"),
                        help="quantization-aware training: the forward pass sees int8 (absmax) weights with one "
                             "scale per tensor, output channel or group, the backward pass lets gradients through "
@@ -103,7 +107,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run = p.add_argument_group("run")
     run.add_argument("--out", required=True, metavar="DIR", help="run folder; an existing different run is refused")
     run.add_argument("--resume", action="store_true",
-                     help="continue the run in --out from its last checkpoint (--steps may be raised)")
+                     help="continue the run in --out from its last checkpoint (--steps may be raised); a finished "
+                          "run is left as it is")
     run.add_argument("--eval-every", type=int, default=100,
                      help="steps between validation loss/perplexity measurements and checkpoints (default: 100)")
     run.add_argument("--eval-batches", type=int, default=20,
@@ -147,13 +152,13 @@ def run_pretrain(args: argparse.Namespace) -> int:
     from lmlab.training.launch import relaunch
 
     if args.nproc is not None:
-        return relaunch(args.nproc)
+        return relaunch(args.nproc, run_folder=args.out)
     train = TrainConfig(
         steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, min_lr=args.min_lr,
         warmup=args.warmup, weight_decay=args.weight_decay, beta1=args.beta1, beta2=args.beta2,
         clip=args.clip or None, dtype=args.dtype, eval_every=args.eval_every, eval_batches=args.eval_batches,
         checkpoint_every=args.checkpoint_every, seed=args.seed, progress=not args.no_progress,
-        parallel=parallel_config(args), qat=args.qat,
+        parallel=parallel_config(args), qat=args.qat, skip_nonfinite=args.skip_nonfinite,
     )
     settings = PretrainSettings(
         out=args.out, arch=args.arch, preset=args.preset, overrides=parse_overrides(args.overrides),
@@ -164,7 +169,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
     )
     with process_group() as env, errors_said_by_rank_zero(env):
         result = pretrain(settings, env)
-    if not env.is_main:
+    if not env.is_main or result.already_done:
         return 0 if not result.stopped_early else 130
     print(f"trained to step {result.steps}: {result.tokens:,} tokens in {result.train_seconds:.1f} s "
           f"({result.wall_seconds:.1f} s wall), {result.tokens_per_s:,.0f} tokens/s")

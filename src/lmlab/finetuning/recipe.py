@@ -92,6 +92,8 @@ class FinetuneSettings:
     seed: int = 0
     progress: bool = True
     parallel: ParallelConfig = field(default_factory=ParallelConfig)  # DDP or ZeRO over several processes
+    resume: bool = False  # continue the run in `out` from its last checkpoint
+    skip_nonfinite: int = 0  # steps with a non-finite loss skipped before the run stops (TrainConfig)
 
 
 @dataclass
@@ -114,6 +116,15 @@ class FinetuneResult:
     train_seconds: float
     wall_seconds: float
     peak_memory_bytes: int
+    already_done: bool = False  # resumed a finished run: nothing trained, nothing written
+
+    @classmethod
+    def load(cls, out: Path) -> FinetuneResult:
+        """The result a finished run wrote to its finetune.json."""
+        saved = json.loads((Path(out) / SUMMARY_FILE).read_text(encoding="utf-8"))
+        fields = {k: saved[k] for k in cls.__dataclass_fields__ if k in saved}
+        paths = {k: None if fields.get(k) is None else Path(fields[k]) for k in ("out", "model_dir", "adapter_dir")}
+        return cls(**{**fields, **paths, "already_done": True})
 
 
 def check_settings(s: FinetuneSettings) -> None:
@@ -208,7 +219,8 @@ def _training_length(s: FinetuneSettings, n_train: int) -> tuple[int, int]:
 
 def _identity(s: FinetuneSettings, train: TrainConfig) -> dict[str, Any]:
     settings = {k: v for k, v in asdict(s).items() if k not in ("out", "progress", "steps", "epochs", "eval_every",
-                                                                 "eval_samples", "early_stopping", "parallel")}
+                                                                 "eval_samples", "early_stopping", "parallel",
+                                                                 "resume", "skip_nonfinite")}
     return {"kind": "finetune", **json.loads(json.dumps(settings, default=str)), "train": train.identity()}
 
 
@@ -265,56 +277,59 @@ def finetune(s: FinetuneSettings, env: DistEnv | None = None) -> FinetuneResult:
         steps=steps, batch_size=s.batch_size, grad_accum=s.grad_accum, lr=s.lr or DEFAULT_LR[s.method],
         warmup=round(WARMUP_SHARE * steps), weight_decay=s.weight_decay, beta2=0.999, dtype=s.dtype,
         eval_every=eval_every, eval_batches=None, checkpoint_every=steps, seed=s.seed, progress=s.progress,
-        parallel=s.parallel,
+        parallel=s.parallel, skip_nonfinite=s.skip_nonfinite,
     )
     train_config.check(env)  # before the run folder is made: a refused setting leaves nothing behind
-    run = run_on_main(lambda: open_run(s.out, _identity(s, train_config)), env)
-    pad_id = next(i for i in (tokenizer.pad_id, model.config.pad_token_id, model.config.eos_token_id, 0)
-                  if i is not None)
-    collator = Collator(data.task, pad_id)
-    objective = Objective(f"fine-tuning ({data.task}, {s.method})", lambda seed: collator)
-    monitor = EarlyStopping(s, data, collator, tokenizer, say)
-    trainer = Trainer(model, objective, {"train": data.train},
-                      {"validation": data.validation} if data.validation else {}, train_config, run,
-                      tokenizer=tokenizer, env=env, seq_len=data.max_tokens - 1, on_step=monitor,
-                      plan_memory=False)
-    trained = trainer.train()
-    monitor.restore_best(model)
+    with run_on_main(lambda: open_run(s.out, _identity(s, train_config), s.resume), env) as run:
+        pad_id = next(i for i in (tokenizer.pad_id, model.config.pad_token_id, model.config.eos_token_id, 0)
+                      if i is not None)
+        collator = Collator(data.task, pad_id)
+        objective = Objective(f"fine-tuning ({data.task}, {s.method})", lambda seed: collator)
+        monitor = EarlyStopping(s, data, collator, tokenizer, say)
+        trainer = Trainer(model, objective, {"train": data.train},
+                          {"validation": data.validation} if data.validation else {}, train_config, run,
+                          tokenizer=tokenizer, env=env, seq_len=data.max_tokens - 1, on_step=monitor,
+                          plan_memory=False)
+        trained = trainer.train()
+        if trained.already_done and (run.path / SUMMARY_FILE).is_file():
+            return FinetuneResult.load(run.path)
+        monitor.restore_best(model)
 
-    # 6. The final scores on the validation set.
-    scores: dict[str, float] = {}
-    if data.validation:
-        kept_last = monitor.best_state is None and trained.val_loss is not None and not trained.stopped_early
-        scores = score(model, tokenizer, data.validation, collator, data.task, s.eval_metric, s.eval_samples,
-                       s.batch_size, s.max_new_tokens, s.dtype, with_loss=not kept_last).values
-        if kept_last:  # the trainer measured the final weights' validation loss at its last step
-            scores = {"val_loss": trained.val_loss, **scores}
-        say(f"final ({'best step ' + str(monitor.best_step) if monitor.best_state else 'last step'}): "
-            f"{Scores(scores).format()}")
+        # 6. The final scores on the validation set.
+        scores: dict[str, float] = {}
+        if data.validation:
+            kept_last = monitor.best_state is None and trained.val_loss is not None and not trained.stopped_early
+            scores = score(model, tokenizer, data.validation, collator, data.task, s.eval_metric, s.eval_samples,
+                           s.batch_size, s.max_new_tokens, s.dtype, with_loss=not kept_last).values
+            if kept_last:  # the trainer measured the final weights' validation loss at its last step
+                scores = {"val_loss": trained.val_loss, **scores}
+            say(f"final ({'best step ' + str(monitor.best_step) if monitor.best_state else 'last step'}): "
+                f"{Scores(scores).format()}")
 
-    # 7. Save.
-    model_dir, adapter_dir = run.path / "model", None
-    model = trainer.strategy.whole_model(model)  # ZeRO-2/3: gathered from the shards, on rank 0
-    if env.is_main:
-        if report is not None:
-            adapter_dir = save_adapter(model, run.path / "adapter", _base_reference(s.model), report, trainable,
-                                       overwrite=True)
-        if s.save_adapter_only:
-            remove_folder(model_dir)
-            model_dir = None
-        else:
-            save_checkpoint(merge_lora(model) if report is not None else model, model_dir, tokenizer, overwrite=True)
-    result = FinetuneResult(
-        out=run.path, model_dir=model_dir, adapter_dir=adapter_dir, method=s.method, task=data.task,
-        n_trainable=n_trainable, n_total=n_total, steps=trained.steps, best_step=monitor.best_step,
-        stopped_early=trained.stopped_early, scores=scores, history=monitor.evaluations,
-        memory_plan={**asdict(plan), "total": plan.total}, train_seconds=trained.train_seconds,
-        wall_seconds=time.perf_counter() - start, peak_memory_bytes=peak_memory_bytes(),
-    )
-    if env.is_main:
-        summary = {**asdict(result), "settings": _identity(s, train_config)}
-        write_json(run.path / SUMMARY_FILE, json.loads(json.dumps(summary, default=str)))
-    return result
+        # 7. Save.
+        model_dir, adapter_dir = run.path / "model", None
+        model = trainer.strategy.whole_model(model)  # ZeRO-2/3: gathered from the shards, on rank 0
+        if env.is_main:
+            if report is not None:
+                adapter_dir = save_adapter(model, run.path / "adapter", _base_reference(s.model), report, trainable,
+                                           overwrite=True)
+            if s.save_adapter_only:
+                remove_folder(model_dir)
+                model_dir = None
+            else:
+                save_checkpoint(merge_lora(model) if report is not None else model, model_dir, tokenizer,
+                                overwrite=True)
+        result = FinetuneResult(
+            out=run.path, model_dir=model_dir, adapter_dir=adapter_dir, method=s.method, task=data.task,
+            n_trainable=n_trainable, n_total=n_total, steps=trained.steps, best_step=monitor.best_step,
+            stopped_early=trained.stopped_early, scores=scores, history=monitor.evaluations,
+            memory_plan={**asdict(plan), "total": plan.total}, train_seconds=trained.train_seconds,
+            wall_seconds=time.perf_counter() - start, peak_memory_bytes=peak_memory_bytes(),
+        )
+        if env.is_main:
+            summary = {**asdict(result), "settings": _identity(s, train_config)}
+            write_json(run.path / SUMMARY_FILE, json.loads(json.dumps(summary, default=str)))
+        return result
 
 
 def _base_reference(model: str) -> str:

@@ -116,6 +116,14 @@ def load_checkpoint(folder: Path, dtype: torch.dtype = torch.float32) -> Transfo
     return build_model(config, read_safetensors(folder / WEIGHTS), str(folder), dtype)
 
 
+def load_weights(model: torch.nn.Module, folder: Path) -> None:
+    """Copy the weights of the checkpoint `folder` into `model` in place; `model` may be a Transformer that
+    carries more than its config says (LoRA adapters, a new head), as a training run's checkpoints do."""
+    folder = Path(folder)
+    missing, unexpected = model.load_state_dict(read_safetensors(folder / WEIGHTS), strict=False)
+    _check_keys(model, missing, unexpected, str(folder))
+
+
 def _hf_weight_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():

@@ -66,6 +66,9 @@ def init_distributed(timeout_s: float = 600.0) -> DistEnv:
 
     Each process takes GPU LOCAL_RANK when GPUs are present, else the CPU.
     """
+    from lmlab.training.launch import follow_launcher
+
+    follow_launcher()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

@@ -245,10 +245,16 @@ def pretrain(settings: PretrainSettings, env: DistEnv | None = None,
             settings.train, run, tokenizer=tokenizer, weights=weights, env=env, seq_len=seq_len, on_step=on_step,
         )
     except BaseException:
-        if env.is_main and not run.resume:
-            _discard(run.path)  # a run that never started leaves nothing behind
+        if env.is_main:
+            run.release()
+            if not run.resume:
+                _discard(run.path)  # a run that never started leaves nothing behind
         raise
-    return trainer.train()
+    try:
+        return trainer.train()
+    finally:
+        if env.is_main:
+            run.release()
 
 
 def _proportional(datasets: dict[str, PreparedData]) -> dict[str, float]:

@@ -48,9 +48,9 @@ from tqdm.auto import tqdm
 from lmlab.config import ModelConfig
 from lmlab.data.mixture import MixtureSampler
 from lmlab.errors import LmlabError
-from lmlab.hub.checkpoint import LMLAB_CONFIG, load_checkpoint, read_safetensors, save_checkpoint, write_checkpoint
-from lmlab.io import (clean_leftovers, json_line, read_marker, remove_folder, replace_folder, save_figure,
-                      save_safetensors, write_json, write_jsonl, write_marker)
+from lmlab.hub.checkpoint import LMLAB_CONFIG, load_weights, read_safetensors, save_checkpoint, write_checkpoint
+from lmlab.io import (MARKER, TEMP_TAG, clean_leftovers, json_line, read_marker, remove_folder, replace_folder,
+                      save_figure, save_safetensors, write_json, write_jsonl, write_marker)
 from lmlab.models import Transformer
 from lmlab.planning.compute import forward_flops
 from lmlab.planning.measure import uses_fused_attention
@@ -62,6 +62,7 @@ from lmlab.training.fsdp import ParallelConfig, build_strategy
 from lmlab.training.objectives import Objective, count_targets, loss_sum
 from lmlab.training.observe import REPORT_FILE, StepObserver
 from lmlab.training.optim import WarmupCosine
+from lmlab.training.run_lock import RunLock, is_lock_file, lock_run
 from lmlab.training.sharded_checkpoint import CHECKPOINT_KIND, is_sharded, load_sharded, save_sharded
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -98,6 +99,7 @@ class TrainConfig:
     progress: bool = True
     parallel: ParallelConfig = field(default_factory=ParallelConfig)  # DDP, ZeRO stages: lmlab.training.fsdp
     qat: str | None = None  # quantization-aware training: int8 fake-quant per "tensor", "channel" or "group"
+    skip_nonfinite: int = 0  # steps with a NaN/inf loss or gradient norm skipped (no update) before the run stops
 
     def check(self, env: DistEnv) -> None:
         positive = {"steps": self.steps, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
@@ -109,6 +111,8 @@ class TrainConfig:
             raise LmlabError(f"training dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
         if self.clip is not None and self.clip <= 0:
             raise LmlabError(f"the gradient clipping norm must be positive, not {self.clip:g}")
+        if self.skip_nonfinite < 0:
+            raise LmlabError(f"the number of non-finite steps to skip must be 0 or more, not {self.skip_nonfinite}")
         if self.eval_batches is not None and self.eval_batches < 1:
             raise LmlabError(f"evaluation batches must be at least 1, not {self.eval_batches}")
         if self.batch_size % (env.world_size * self.grad_accum):
@@ -127,7 +131,7 @@ class TrainConfig:
     def identity(self) -> dict[str, Any]:
         """The settings that decide the trained weights (not how long, how often to evaluate or save, nor how
         the work is spread over processes)."""
-        skip = {"steps", "eval_every", "eval_batches", "checkpoint_every", "progress", "parallel"}
+        skip = {"steps", "eval_every", "eval_batches", "checkpoint_every", "progress", "parallel", "skip_nonfinite"}
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
 
@@ -148,6 +152,21 @@ class RunFolder:
     path: Path
     identity: dict[str, Any]
     resume: bool = False
+    lock: RunLock | None = None  # this process's ownership of the folder (run_lock)
+
+    def release(self) -> None:
+        """Give up the folder's lock (the end of the process does it too)."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def __enter__(self) -> RunFolder:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "lock": None}  # sent to the other ranks; the lock stays with its process
 
     @property
     def checkpoints(self) -> Path:
@@ -175,21 +194,45 @@ class RunFolder:
 
 
 def open_run(out: str | Path, identity: dict[str, Any], resume: bool = False) -> RunFolder:
-    """Check that `out` may hold this run, then write its run.json (call on one process only).
+    """Check that `out` may hold this run, take its lock, then write its run.json (call on one process only).
 
     A new run needs an empty or missing folder. `resume` needs the folder of
     the same run: same identity (model, data, optimization settings; the
-    number of steps may change). Anything else is refused, and nothing is written.
+    number of steps may change). Anything else is refused, and nothing is
+    written. While the run lives, a second writer is refused (run_lock).
     """
     out = Path(out)
+    _check_run_folder(out, identity, resume)  # before creating the folder or a lock file in it
+    out.mkdir(parents=True, exist_ok=True)
+    lock = lock_run(out, say=lambda text: print(text, flush=True))
+    try:
+        occupied = _check_run_folder(out, identity, resume)  # again: the folder may have changed meanwhile
+        if (read_marker(out) or {}).get("kind") != RUN_KIND:  # a new run, or one from before lmlab marked folders
+            write_marker(out, RUN_KIND)
+        removed = clean_leftovers(out)
+        if removed:
+            print(f"note: removed {len(removed)} temporary file(s) or folder(s) an interrupted save left in {out}",
+                  flush=True)
+        if not occupied:
+            write_json(out / RUN_FILE, {"format": RUN_FORMAT, "identity": identity})
+    except BaseException:
+        lock.release()
+        raise
+    return RunFolder(out, identity, resume=occupied, lock=lock)
+
+
+def _check_run_folder(out: Path, identity: dict[str, Any], resume: bool) -> bool:
+    """Raise LmlabError unless `out` may hold this run; True if it holds it already (resume)."""
     if out.exists() and not out.is_dir():
         raise LmlabError(f"{out} exists and is not a folder")
     run_file = out / RUN_FILE
-    occupied = out.is_dir() and any(out.iterdir())
-    marker = read_marker(out) if occupied else None
+    occupied = out.is_dir() and any(entry.name != MARKER and not is_lock_file(entry.name) and TEMP_TAG not in entry.name
+                                    for entry in out.iterdir())  # lmlab's own files of a run that never started
     if occupied and not run_file.is_file():
-        kind = f"holds an lmlab {marker['kind']}" if marker else "was not written by lmlab"
-        raise LmlabError(f"{out} is not empty and {kind}, not a training run; choose another output folder")
+        marker = read_marker(out)
+        what = f"it holds an lmlab {marker['kind']}" if marker else "it was not written by lmlab"
+        raise LmlabError(f"{out} is not empty and holds no lmlab training run ({what}); choose another output "
+                         "folder")
     if occupied and not resume:
         raise LmlabError(f"{out} already holds a training run; pass --resume to continue it, or choose another "
                          "output folder")
@@ -208,17 +251,7 @@ def open_run(out: str | Path, identity: dict[str, Any], resume: bool = False) ->
             changed = sorted(k for k in old.keys() | current.keys() if old.get(k) != current.get(k))
             raise LmlabError(f"{out} holds a different training run (it differs in: {', '.join(changed)}); "
                              "choose another output folder")
-        if marker is None:  # a run folder written before lmlab marked its folders
-            write_marker(out, RUN_KIND)
-        removed = clean_leftovers(out)
-        if removed:
-            print(f"note: removed {len(removed)} temporary file(s) or folder(s) an interrupted save left in {out}",
-                  flush=True)
-        return RunFolder(out, identity, resume=True)
-    out.mkdir(parents=True, exist_ok=True)
-    write_marker(out, RUN_KIND)
-    write_json(run_file, {"format": RUN_FORMAT, "identity": identity})
-    return RunFolder(out, identity, resume=False)
+    return occupied
 
 
 @dataclass
@@ -234,6 +267,7 @@ class StepMetrics:
     val_loss: float | None = None
     val_perplexity: float | None = None
     val_by_set: dict[str, float] = field(default_factory=dict)
+    skipped_steps: int | None = None  # non-finite steps skipped so far in the run, once there is one
 
 
 @dataclass
@@ -255,6 +289,7 @@ class TrainResult:
     out: Path
     model_dir: Path | None
     history: list[dict[str, Any]]
+    already_done: bool = False  # a resumed run that had reached its steps: nothing trained, nothing written
 
 
 def stream(sampler: MixtureSampler, start: int = 0) -> Iterator[int]:
@@ -350,6 +385,7 @@ class Trainer:
         self.micro_batch = config.batch_size // (self.env.world_size * config.grad_accum)
         self._dataset = ConcatDataset(list(self.train_sets.values()))
         self._stop = False
+        self.skipped = 0  # non-finite steps skipped so far in the run
 
     # -- public controls --------------------------------------------------------------------------------
 
@@ -386,8 +422,20 @@ class Trainer:
         config, env = self.config, self.env
         checkpoint = self.run.latest_checkpoint() if self.run.resume else None
         state = self._load_trainer_state(checkpoint) if checkpoint else {}
+        start_step = state.get("step", 0)
+        if start_step >= config.steps:
+            return self._already_done(checkpoint, start_step, time.perf_counter() - wall_start)
+        rank_lock = lock_run(self.run.path, rank=env.rank) if env.distributed else None
+        try:
+            return self._train(checkpoint, state, wall_start)
+        finally:
+            if rank_lock is not None:
+                rank_lock.release()
+
+    def _train(self, checkpoint: Path | None, state: dict[str, Any], wall_start: float) -> TrainResult:
+        config, env = self.config, self.env
         if checkpoint and not is_sharded(checkpoint):  # sharded weights load into the wrapped model
-            self.model.load_state_dict(load_checkpoint(checkpoint).state_dict())
+            load_weights(self.model, checkpoint)
         self.print(self.describe())
         wrapped = self.strategy.wrap(self.model)
         optimizer = self.strategy.make_optimizer(wrapped, config.lr, config.weight_decay, (config.beta1, config.beta2))
@@ -395,6 +443,7 @@ class Trainer:
         collator = self.objective.make_collator(config.seed * 1000)  # the same on every rank: see _step_batches
         torch.manual_seed(config.seed * 1000 + env.rank)  # dropout: a different stream on every rank
         start_step = state.get("step", 0)
+        self.skipped = state.get("skipped_steps", 0)
         if checkpoint:
             self._restore(checkpoint, state, wrapped, optimizer, collator)
             self.print(f"resuming from {checkpoint} (step {start_step})")
@@ -421,8 +470,16 @@ class Trainer:
                 step += 1
                 steps_done += 1
                 train_seconds += time.perf_counter() - tick
+                finite = math.isfinite(loss) and math.isfinite(grad_norm)
+                self.skipped += not finite
                 last = StepMetrics(step, loss, lr, grad_norm, step * tokens_per_step,
-                                   steps_done * tokens_per_step / train_seconds)
+                                   steps_done * tokens_per_step / train_seconds, skipped_steps=self.skipped or None)
+                if not finite and self.skipped > config.skip_nonfinite:
+                    history.append(self._log(last, log))
+                    raise self._divergence(last)
+                if not finite:
+                    self.print(f"step {step}: {self._nonfinite(last)}; step skipped, weights unchanged ({self.skipped} "
+                               f"of at most {config.skip_nonfinite} skipped)")
                 if step % config.eval_every == 0 or step == config.steps:
                     self._evaluate(wrapped, last)
                 bar.update(1)
@@ -456,10 +513,24 @@ class Trainer:
         return self._result(step, not finished, last, history, steps_done, train_seconds, flops_per_step,
                             time.perf_counter() - wall_start)
 
+    @staticmethod
+    def _nonfinite(metrics: StepMetrics) -> str:
+        if not math.isfinite(metrics.loss):
+            return f"the loss is {metrics.loss}"
+        return f"the gradient norm is {metrics.grad_norm}"
+
+    def _divergence(self, metrics: StepMetrics) -> LmlabError:
+        latest = self.run.latest_checkpoint()
+        kept = (f"its last checkpoint, {latest.name}, is kept: --resume --skip-nonfinite N continues from it, "
+                "skipping up to N such steps" if latest else "it has no checkpoint yet")
+        return LmlabError(f"training diverged at step {metrics.step}: {self._nonfinite(metrics)}; stopped without "
+                          f"saving the model ({kept}); try a lower --lr or a longer --warmup")
+
     def _train_step(self, wrapped: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     batches: list[dict[str, torch.Tensor]], step: int,
                     autocast: torch.autocast) -> tuple[float, float, float]:
-        """One optimizer step over this rank's micro-batches: (mean loss of the global batch, gradient norm, lr)."""
+        """One optimizer step over this rank's micro-batches: (mean loss of the global batch, gradient norm, lr).
+        A step whose loss or gradient norm is not finite leaves the weights and optimizer unchanged."""
         env = self.env
         n_targets = all_reduce_sum(torch.tensor([float(sum(count_targets(b) for b in batches))]), env)[0]
         lr = self.schedule.apply(optimizer, step)
@@ -473,11 +544,12 @@ class Trainer:
                 # each rank's share of the global mean; DDP then averages the ranks' gradients, hence x world_size
                 (loss * (env.world_size / n_targets)).backward()
             loss_total += loss.detach()
-        grad_norm = self.strategy.clip_grad_norm(wrapped, self.config.clip or math.inf)
-        optimizer.step()
+        grad_norm = float(self.strategy.clip_grad_norm(wrapped, self.config.clip or math.inf))
+        loss = float(all_reduce_sum(loss_total.float().cpu().reshape(1), env)[0] / n_targets)
+        if math.isfinite(loss) and math.isfinite(grad_norm):  # the same on every rank: both are global
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        loss_total = all_reduce_sum(loss_total.float().cpu().reshape(1), env)[0]
-        return float(loss_total / n_targets), float(grad_norm), lr
+        return loss, grad_norm, lr
 
     # -- data -------------------------------------------------------------------------------------------
 
@@ -540,7 +612,7 @@ class Trainer:
         model.train(was_training)
         if grand[1] > 0:
             metrics.val_loss = float(grand[0] / grand[1])
-            metrics.val_perplexity = math.exp(metrics.val_loss)
+            metrics.val_perplexity = math.exp(metrics.val_loss) if metrics.val_loss < 709 else math.inf
             sets = "" if len(metrics.val_by_set) < 2 else " (" + ", ".join(
                 f"{n} {v:.4f}" for n, v in metrics.val_by_set.items()) + ")"
             self.print(f"step {metrics.step}: train loss {metrics.loss:.4f}, val loss {metrics.val_loss:.4f}{sets}, "
@@ -580,8 +652,9 @@ class Trainer:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(7, 4))
-        ax.plot([r["step"] for r in history], [r["loss"] for r in history], lw=0.8, alpha=0.7, label="train")
-        evals = [r for r in history if "val_loss" in r]
+        ax.plot([r["step"] for r in history], [math.nan if r["loss"] is None else r["loss"] for r in history], lw=0.8,
+                alpha=0.7, label="train")  # a skipped non-finite step's loss is logged as null
+        evals = [r for r in history if r.get("val_loss") is not None]
         if evals:
             ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="validation")
         ax.set_xlabel("step")
@@ -618,6 +691,7 @@ class Trainer:
             "train_config": asdict(self.config),
             "schedule": asdict(self.schedule),
             "train_seconds": train_seconds,
+            "skipped_steps": self.skipped,
         }
 
         def write_run_state(tmp: Path) -> None:
@@ -675,23 +749,50 @@ class Trainer:
         if collator_state:
             collator.load_state_dict(collator_state)
 
-    # -- Ctrl-C -----------------------------------------------------------------------------------------
+    # -- Ctrl-C and SIGTERM -----------------------------------------------------------------------------
 
     def _catch_interrupt(self) -> Any:
-        """First Ctrl-C: stop after this step with a checkpoint. Second: stop now."""
+        """First Ctrl-C or SIGTERM (what `kill`, a job scheduler, or a dying --nproc launcher sends): stop after
+        this step with a checkpoint. A second one: stop now."""
         if threading.current_thread() is not threading.main_thread():
             return None
 
         def handler(signum: int, frame: Any) -> None:
-            self.print("interrupt: stopping after this step (Ctrl-C again to abort at once)")
+            name = "interrupt" if signum == signal.SIGINT else "terminate signal"
+            self.print(f"{name}: stopping after this step with a checkpoint (again to stop at once)")
             self._stop = True
             signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
-        return signal.signal(signal.SIGINT, handler)
+        return signal.signal(signal.SIGINT, handler), signal.signal(signal.SIGTERM, handler)
 
     def _release_interrupt(self, previous: Any) -> None:
         if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+            signal.signal(signal.SIGINT, previous[0])
+            signal.signal(signal.SIGTERM, previous[1])
+
+    def _already_done(self, checkpoint: Path, step: int, wall_seconds: float) -> TrainResult:
+        """A resumed run whose checkpoint has reached --steps: say so and change nothing (but write model/ from
+        the last checkpoint if the run was stopped between that checkpoint and model/)."""
+        history = []
+        if self.run.metrics.is_file():
+            for line in self.run.metrics.read_text(encoding="utf-8").splitlines():
+                with contextlib.suppress(json.JSONDecodeError):
+                    history.append(json.loads(line))
+        self.print(f"{self.run.path} is finished: it reached step {step} (of --steps {self.config.steps}); nothing "
+                   "to do (raise --steps to train longer)")
+        evals = [r for r in history if r.get("val_loss") is not None]
+        if not self.run.model_dir.is_dir() and step == self.config.steps and not is_sharded(checkpoint):
+            if self.env.is_main:
+                load_weights(self.model, checkpoint)
+                save_checkpoint(self.model, self.run.model_dir, self.tokenizer)
+                self.print(f"wrote {self.run.model_dir} from {checkpoint}")
+            all_reduce_sum(torch.zeros(1), self.env)  # the other ranks wait for rank 0's model/
+        model_dir = self.run.model_dir if self.run.model_dir.is_dir() else None
+        return TrainResult(step, False, history[-1].get("loss") if history else None,
+                           evals[-1]["val_loss"] if evals else None, evals[-1].get("val_perplexity") if evals else None,
+                           0, 0.0, wall_seconds, 0.0, 0.0, 0.0, 0.0, self.run.path, model_dir, history,
+                           already_done=True)
 
     # -- summary ----------------------------------------------------------------------------------------
 
@@ -702,7 +803,7 @@ class Trainer:
             measured = torch.tensor([measure_peak_flops(self.env.device, DTYPES[self.config.dtype])])
             peak = float(all_reduce_sum(measured, self.env)[0])
         achieved = steps_done * flops_per_step / train_seconds if train_seconds else 0.0
-        evals = [r for r in history if "val_loss" in r]
+        evals = [r for r in history if r.get("val_loss") is not None]
         return TrainResult(
             steps=step,
             stopped_early=stopped,
