@@ -48,7 +48,8 @@ TEMP_TAG = ".lmlab-"  # every temporary name lmlab makes holds this: .NAME.lmlab
 _TEMPORARY = re.compile(r"^\.(?P<target>.+)\.lmlab-(?P<role>tmp|new|old)(-[0-9a-z]+)?$")
 MODEL_KIND = "model"  # an lmlab checkpoint folder (plain or quantized)
 HF_MODEL_KIND = "hf-model"  # a Hugging Face folder lmlab exported
-KIND_GROUPS = (frozenset({MODEL_KIND, HF_MODEL_KIND}),)  # kinds that may replace one another
+GGUF_MODEL_KIND = "gguf-model"  # a GGUF file and Ollama Modelfile lmlab exported
+KIND_GROUPS = (frozenset({MODEL_KIND, HF_MODEL_KIND, GGUF_MODEL_KIND}),)  # kinds that may replace one another
 PAUSE_ENV = "LMLAB_IO_PAUSE"  # seconds to sleep between the steps of a save; the crash tests widen the windows
 
 

@@ -201,9 +201,15 @@ def test_an_existing_out_is_kept_unless_overwrite(checkpoints, tmp_path, capsys)
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    assert run_cli("export", str(checkpoints["gpt2"]), "--outtype", "f32", "--out", str(out)) == 1
-    assert "already exists" in capsys.readouterr().err
+    for overwrite in ([], ["--overwrite"]):  # a folder lmlab did not write is never replaced
+        assert run_cli("export", str(checkpoints["gpt2"]), "--outtype", "f32", "--out", str(out), *overwrite) == 1
+        assert "was not written by lmlab" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    out = tmp_path / "exported"
+    assert run_cli("export", str(checkpoints["gpt2"]), "--outtype", "f32", "--out", str(out)) == 0
+    assert run_cli("export", str(checkpoints["gpt2"]), "--outtype", "f32", "--out", str(out)) == 1
+    assert "already holds an lmlab gguf-model" in capsys.readouterr().err
     assert run_cli("export", str(checkpoints["gpt2"]), "--outtype", "f32", "--out", str(out), "--overwrite") == 0
-    assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "README.md", "model_card.json", "out.F32.gguf"]
+    assert sorted(p.name for p in out.iterdir()) == [".lmlab.json", "Modelfile", "README.md", "model_card.json",
+                                                     "exported.F32.gguf"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left behind

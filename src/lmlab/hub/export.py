@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Literal
 
 from lmlab.errors import LmlabError
-from lmlab.hub.checkpoint import atomic_folder, export_hf
+from lmlab.hub.checkpoint import export_hf
 from lmlab.hub.gguf_export import OUTTYPES, OutType, gguf_architecture, write_gguf
 from lmlab.hub.model_card import CardFacts, base_model_id, read_card_facts, write_model_card
 from lmlab.hub.resolve import EMBEDDED, load_model
+from lmlab.io import GGUF_MODEL_KIND, HF_MODEL_KIND, claim_folder, replace_folder, write_text
 from lmlab.models import Transformer
 from lmlab.models.lora import ADAPTER_CONFIG, merge_lora
 
@@ -75,8 +76,7 @@ def export_model(reference: str, out: Path, format: ExportFormat = "gguf", outty
     if outtype not in OUTTYPES:
         raise LmlabError(f"unknown GGUF type {outtype!r}; choose one of {', '.join(OUTTYPES)}")
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise LmlabError(f"{out} already exists; choose another --out or pass --overwrite")
+    claim_folder(out, HF_MODEL_KIND if format == "hf" else GGUF_MODEL_KIND, overwrite)  # before the work
     model, tokenizer, source = load_for_export(reference)
     name = name or out.name
     facts = _facts(reference, model, source, name)
@@ -96,10 +96,10 @@ def export_model(reference: str, out: Path, format: ExportFormat = "gguf", outty
     facts = replace(facts, library_name="gguf", tags=[*facts.tags, "gguf", outtype],
                     formats=[f"{gguf_name} (GGUF {outtype}, for llama.cpp)",
                              f"{MODELFILE} (Ollama: `ollama create {name} -f {MODELFILE}`)"])
-    with atomic_folder(out, overwrite) as tmp:
+    with replace_folder(out, GGUF_MODEL_KIND, overwrite) as tmp:
         write_gguf(model, tokenizer, tmp / gguf_name, outtype, name=name, progress=progress)
         eos = tokenizer.special_tokens.get("eos") if hasattr(tokenizer, "special_tokens") else None
-        (tmp / MODELFILE).write_text(modelfile(gguf_name, tokenizer.chat_template, eos), encoding="utf-8")
+        write_text(tmp / MODELFILE, modelfile(gguf_name, tokenizer.chat_template, eos))
         write_model_card(tmp, facts)
     return out / gguf_name
 

@@ -13,7 +13,6 @@ the card for its own format.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import yaml
 
 from lmlab.config import ModelConfig
+from lmlab.io import write_json, write_text
 from lmlab.planning.energy import GRIDS, DEFAULT_GRID, Footprint
 
 CARD_FILE = "README.md"
@@ -190,17 +190,11 @@ def _environment(facts: CardFacts, grid: str) -> list[str]:
             "--grid` estimates the same before a run."]
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_model_card(folder: Path, facts: CardFacts) -> Path:
     """Write README.md (the card) and model_card.json (its facts) into `folder`."""
     folder = Path(folder)
-    _write_text_atomic(folder / FACTS_FILE, json.dumps(asdict(facts), indent=2) + "\n")
-    _write_text_atomic(folder / CARD_FILE, render_card(facts))
+    write_json(folder / FACTS_FILE, asdict(facts))
+    write_text(folder / CARD_FILE, render_card(facts))
     return folder / CARD_FILE
 
 
