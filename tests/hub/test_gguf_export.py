@@ -210,6 +210,6 @@ def test_an_existing_out_is_kept_unless_overwrite(checkpoints, tmp_path, capsys)
     assert run_cli("export", str(checkpoints["gpt2"]), "--outtype", "f32", "--out", str(out)) == 1
     assert "already holds an lmlab gguf-model" in capsys.readouterr().err
     assert run_cli("export", str(checkpoints["gpt2"]), "--outtype", "f32", "--out", str(out), "--overwrite") == 0
-    assert sorted(p.name for p in out.iterdir()) == [".lmlab.json", "Modelfile", "README.md", "model_card.json",
-                                                     "exported.F32.gguf"]
+    assert sorted(p.name for p in out.iterdir()) == [".lmlab.json", "Modelfile", "README.md", "exported.F32.gguf",
+                                                     "model_card.json"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
