@@ -83,7 +83,7 @@ def test_a_users_folder_is_kept_even_when_overwriting(model, tmp_path):
     (tmp_path / "q").mkdir()
     (tmp_path / "q" / "mine.txt").write_text("keep me")
     for overwrite in (False, True):
-        with pytest.raises(LmlabError, match="not empty and was not written by lmlab"):
+        with pytest.raises(LmlabError, match=r"not empty \(mine.txt\) and was not written by lmlab"):
             save_quantized(quantized, tmp_path / "q", overwrite=overwrite)
     assert (tmp_path / "q" / "mine.txt").read_text() == "keep me"
 
