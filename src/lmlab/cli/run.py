@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from lmlab.errors import LmlabError
+from lmlab.io import write_jsonl
 from lmlab.records import read_records
 
 
@@ -164,20 +164,6 @@ def many_inputs(task: str, path: str) -> list[Any]:
     return [record_input(task, r, f"{Path(path).name} record {n}") for n, r in enumerate(records, start=1)]
 
 
-def write_jsonl(path: Path, rows: list[Any]) -> None:
-    """All the lines, or none: written to a temporary name beside `path`, then renamed onto it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def run(args: argparse.Namespace) -> int:
     from lmlab.pipelines import pipeline
     from lmlab.pipelines.registry import resolve_task
@@ -191,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
     task = pipeline(args.task, args.model, **options_from(args))
     results = [task(item) for item in inputs] if args.data is None else task(inputs)
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         write_jsonl(Path(args.out), results)
         print(f"{len(results)} result(s) written to {args.out}", file=sys.stderr)
     else:
