@@ -103,7 +103,8 @@ def test_lora_writes_the_adapter_and_the_merged_model(lora_run, tiny_model, colo
 def test_save_adapter_only(tiny_model, colours, tmp_path):
     result = run(tiny_model, colours, tmp_path / "out", method="lora", steps=2, save_adapter_only=True)
     assert result.model_dir is None and not (tmp_path / "out" / "model").exists()
-    assert sorted(p.name for p in result.adapter_dir.iterdir()) == [".lmlab.json", "adapter.json", "adapter.safetensors"]
+    assert sorted(p.name for p in result.adapter_dir.iterdir()) == [".lmlab.json", "README.md", "adapter.json",
+                                                                   "adapter.safetensors", "model_card.json"]
 
 
 @pytest.mark.parametrize("which", ["full", "lora"])

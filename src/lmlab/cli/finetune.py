@@ -10,6 +10,7 @@ import argparse
 from lmlab.cli.generate import unescape
 from lmlab.cli.options import Applies, check_applies
 from lmlab.cli.parallel import add_parallel_options, errors_said_by_rank_zero, parallel_config
+from lmlab.cli.runs import add_logger_argument
 from lmlab.finetuning.datasets import TASKS, DataFormat
 from lmlab.finetuning.evaluate import METRICS
 from lmlab.finetuning.recipe import DEFAULT_LR, METHODS, FinetuneSettings, finetune
@@ -159,6 +160,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     out.add_argument("--resume", action="store_true",
                      help="continue the fine-tuning run in --out from its last checkpoint, with the same settings "
                           "(--steps or --epochs may be raised); a finished run is left as it is")
+    add_logger_argument(out)
     out.add_argument("--save-adapter-only", action="store_true",
                      help="LoRA: write only adapter/ (a few MB), not the merged model/")
     out.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -197,7 +199,7 @@ def settings_from(args: argparse.Namespace) -> FinetuneSettings:
         eval_every=args.eval_every, eval_samples=args.eval_samples, early_stopping=args.early_stopping,
         max_new_tokens=args.max_new_tokens, save_adapter_only=args.save_adapter_only, seed=args.seed,
         progress=not args.no_progress, parallel=parallel_config(args), resume=args.resume,
-        skip_nonfinite=args.skip_nonfinite,
+        skip_nonfinite=args.skip_nonfinite, logger=args.logger,
     )
 
 

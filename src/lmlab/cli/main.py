@@ -22,6 +22,7 @@ COMMAND_MODULES = [  # in the order of a model's life
     "lmlab.cli.data",
     "lmlab.cli.pretrain",
     "lmlab.cli.consolidate",
+    "lmlab.cli.runs",
     "lmlab.cli.generate",
     "lmlab.cli.chat",
     "lmlab.cli.run",

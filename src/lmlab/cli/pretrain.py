@@ -11,6 +11,7 @@ from lmlab.data.mixture import parse_mix
 from lmlab.data.readers import TXT_SPLITS
 from lmlab.cli.options import Applies, check_applies
 from lmlab.cli.parallel import add_parallel_options, errors_said_by_rank_zero, parallel_config
+from lmlab.cli.runs import add_logger_argument
 from lmlab.errors import LmlabError, did_you_mean
 from lmlab.training.pretrain import BPE, DEFAULT_PRESETS, PretrainSettings, pretrain
 from lmlab.training.trainer import DTYPES, TrainConfig
@@ -106,6 +107,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "unchanged (straight-through estimator), so `lmlab quantize` loses less afterwards")
     run = p.add_argument_group("run")
     run.add_argument("--out", required=True, metavar="DIR", help="run folder; an existing different run is refused")
+    add_logger_argument(run)
     run.add_argument("--resume", action="store_true",
                      help="continue the run in --out from its last checkpoint (--steps may be raised); a finished "
                           "run is left as it is")
@@ -158,7 +160,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
         warmup=args.warmup, weight_decay=args.weight_decay, beta1=args.beta1, beta2=args.beta2,
         clip=args.clip or None, dtype=args.dtype, eval_every=args.eval_every, eval_batches=args.eval_batches,
         checkpoint_every=args.checkpoint_every, seed=args.seed, progress=not args.no_progress,
-        parallel=parallel_config(args), qat=args.qat, skip_nonfinite=args.skip_nonfinite,
+        parallel=parallel_config(args), qat=args.qat, skip_nonfinite=args.skip_nonfinite, logger=args.logger,
     )
     settings = PretrainSettings(
         out=args.out, arch=args.arch, preset=args.preset, overrides=parse_overrides(args.overrides),

@@ -41,6 +41,7 @@ from lmlab.finetuning.datasets import Collator, DataFormat, FinetuneData, load_d
 from lmlab.finetuning.evaluate import HEADLINE, Scores, check_metric, higher_is_better, score
 from lmlab.finetuning.prepare import MemoryPlan, attach_head, enable_gradient_checkpointing, plan_memory
 from lmlab.hub.checkpoint import save_checkpoint
+from lmlab.hub.model_card import CardFacts, EvalResult, run_card_facts, write_model_card
 from lmlab.hub.resolve import LoadedModel, load_model
 from lmlab.io import remove_folder, write_json
 from lmlab.planning.limits import check_fits
@@ -48,7 +49,7 @@ from lmlab.models.lora import AdapterConfig, LoRAReport, apply_lora, count_param
 from lmlab.training.distributed import DistEnv, run_on_main
 from lmlab.training.fsdp import ParallelConfig
 from lmlab.training.objectives import Objective
-from lmlab.training.trainer import StepMetrics, TrainConfig, Trainer, open_run
+from lmlab.training.trainer import StepMetrics, TrainConfig, Trainer, TrainResult, open_run
 
 METHODS = ("full", "lora")
 DEFAULT_LR = {"full": 5e-5, "lora": 2e-4}
@@ -94,6 +95,7 @@ class FinetuneSettings:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)  # DDP or ZeRO over several processes
     resume: bool = False  # continue the run in `out` from its last checkpoint
     skip_nonfinite: int = 0  # steps with a non-finite loss skipped before the run stops (TrainConfig)
+    logger: str = "jsonl"  # where step metrics also go: lmlab.training.loggers
 
 
 @dataclass
@@ -220,7 +222,7 @@ def _training_length(s: FinetuneSettings, n_train: int) -> tuple[int, int]:
 def _identity(s: FinetuneSettings, train: TrainConfig) -> dict[str, Any]:
     settings = {k: v for k, v in asdict(s).items() if k not in ("out", "progress", "steps", "epochs", "eval_every",
                                                                  "eval_samples", "early_stopping", "parallel",
-                                                                 "resume", "skip_nonfinite")}
+                                                                 "resume", "skip_nonfinite", "logger")}
     return {"kind": "finetune", **json.loads(json.dumps(settings, default=str)), "train": train.identity()}
 
 
@@ -277,7 +279,7 @@ def finetune(s: FinetuneSettings, env: DistEnv | None = None) -> FinetuneResult:
         steps=steps, batch_size=s.batch_size, grad_accum=s.grad_accum, lr=s.lr or DEFAULT_LR[s.method],
         warmup=round(WARMUP_SHARE * steps), weight_decay=s.weight_decay, beta2=0.999, dtype=s.dtype,
         eval_every=eval_every, eval_batches=None, checkpoint_every=steps, seed=s.seed, progress=s.progress,
-        parallel=s.parallel, skip_nonfinite=s.skip_nonfinite,
+        parallel=s.parallel, skip_nonfinite=s.skip_nonfinite, logger=s.logger,
     )
     train_config.check(env)  # before the run folder is made: a refused setting leaves nothing behind
     with run_on_main(lambda: open_run(s.out, _identity(s, train_config), s.resume), env) as run:
@@ -319,6 +321,10 @@ def finetune(s: FinetuneSettings, env: DistEnv | None = None) -> FinetuneResult:
             else:
                 save_checkpoint(merge_lora(model) if report is not None else model, model_dir, tokenizer,
                                 overwrite=True)
+            facts = _card_facts(s, model, n_total, train_config, trained, scores, time.perf_counter() - start, env)
+            for folder in (model_dir, adapter_dir):
+                if folder is not None:
+                    write_model_card(folder, facts)
         result = FinetuneResult(
             out=run.path, model_dir=model_dir, adapter_dir=adapter_dir, method=s.method, task=data.task,
             n_trainable=n_trainable, n_total=n_total, steps=trained.steps, best_step=monitor.best_step,
@@ -330,6 +336,22 @@ def finetune(s: FinetuneSettings, env: DistEnv | None = None) -> FinetuneResult:
             summary = {**asdict(result), "settings": _identity(s, train_config)}
             write_json(run.path / SUMMARY_FILE, json.loads(json.dumps(summary, default=str)))
         return result
+
+
+def _card_facts(s: FinetuneSettings, model: torch.nn.Module, n_total: int, train: TrainConfig,
+                trained: TrainResult, scores: dict[str, float], wall_seconds: float, env: DistEnv) -> CardFacts:
+    """What the model card of a fine-tune says: base model, data, method and settings, the scores it measured."""
+    data = Path(s.data).name
+    validation = Path(s.validation).name if s.validation else f"{data} (held-out {s.validation_fraction:.0%})"
+    results = [EvalResult("loss" if name == "val_loss" else name, value, validation)
+               for name, value in scores.items()]
+    method = (f"LoRA (Hu et al. 2021), rank {s.lora_rank}, alpha {s.lora_alpha:g}, dropout {s.lora_dropout:g}, "
+              f"on {s.lora_targets}; merged into the base weights" if s.method == "lora" else "full fine-tuning")
+    hyper = {"lr": train.lr, "batch size": s.batch_size, "epochs": s.epochs, "weight decay": s.weight_decay,
+             "warmup steps": train.warmup, "dtype": s.dtype, "seed": s.seed}
+    tokens = trained.history[-1].get("tokens") if trained.history else trained.tokens
+    return run_card_facts(Path(s.out).name, model.config, n_total, method, hyper, trained.steps, tokens, wall_seconds,
+                          [data], results, base_model=s.model, world_size=env.world_size)
 
 
 def _base_reference(model: str) -> str:

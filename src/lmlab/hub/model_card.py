@@ -13,6 +13,7 @@ the card for its own format.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import yaml
 
 from lmlab.config import ModelConfig
 from lmlab.io import write_json, write_text
-from lmlab.planning.energy import GRIDS, DEFAULT_GRID, Footprint
+from lmlab.planning.energy import DEFAULT_GRID, GRIDS, Footprint, this_hardware
 
 CARD_FILE = "README.md"
 FACTS_FILE = "model_card.json"
@@ -101,6 +102,11 @@ def footprint(facts: CardFacts, grid: str = DEFAULT_GRID) -> Footprint | None:
     return Footprint(facts.wall_seconds / 3600 * facts.devices, facts.watts, 1.0, GRIDS[grid])
 
 
+def _slug(text: str) -> str:
+    """A dataset name as the Hub's dataset `type` field spells ids: lower case, letters, digits, dashes."""
+    return re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-") or "unknown"
+
+
 def card_metadata(facts: CardFacts) -> dict[str, Any]:
     """The YAML header, in the Hub's keys."""
     config = facts.model_config
@@ -113,7 +119,7 @@ def card_metadata(facts: CardFacts) -> dict[str, Any]:
     meta |= {"language": facts.language, "pipeline_tag": task, "tags": ["lmlab", *facts.tags]}
     if facts.results:
         meta["model-index"] = [{"name": facts.name, "results": [
-            {"task": {"type": task}, "dataset": {"name": r.dataset, "type": r.dataset, "split": r.split},
+            {"task": {"type": task}, "dataset": {"name": r.dataset, "type": _slug(r.dataset), "split": r.split},
              "metrics": [{"type": r.metric, "value": r.value, "name": f"{r.split} {r.metric}"}]}
             for r in facts.results]}]
     return meta
@@ -190,6 +196,18 @@ def _environment(facts: CardFacts, grid: str) -> list[str]:
             "--grid` estimates the same before a run."]
 
 
+def run_card_facts(name: str, config: ModelConfig, n_params: int, method: str, hyperparameters: dict[str, Any],
+                   steps: int, tokens: int | None, wall_seconds: float, datasets: list[str],
+                   results: list[EvalResult], base_model: str | None = None, world_size: int = 1) -> CardFacts:
+    """The facts of a training run that just finished on this machine (hardware and power from `this_hardware`)."""
+    hardware = this_hardware(world_size=world_size)
+    base, licence = base_model_id(base_model)
+    return CardFacts(name=name, config=config.to_dict(), n_params=n_params, base_model=base, license=licence,
+                     datasets=datasets, method=method, hyperparameters=hyperparameters, steps=steps, tokens=tokens,
+                     wall_seconds=wall_seconds, hardware=hardware.description, devices=hardware.devices,
+                     watts=hardware.watts, power_source=hardware.power_source, results=results)
+
+
 def write_model_card(folder: Path, facts: CardFacts) -> Path:
     """Write README.md (the card) and model_card.json (its facts) into `folder`."""
     folder = Path(folder)
@@ -209,4 +227,4 @@ def read_card_facts(folder: Path) -> CardFacts | None:
 
 
 __all__ = ["CARD_FILE", "FACTS_FILE", "CardFacts", "EvalResult", "base_model_id", "card_metadata", "pipeline_tag",
-           "read_card_facts", "render_card", "write_model_card"]
+           "read_card_facts", "render_card", "run_card_facts", "write_model_card"]

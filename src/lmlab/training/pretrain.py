@@ -33,6 +33,7 @@ from lmlab.data.packing import MANIFEST, PreparedData, load_prepared, read_manif
 from lmlab.data.pipeline import CHAR, PrepareSettings, char_tokenizer, format_funnel, prepare_documents
 from lmlab.data.readers import corpus_files, read_documents
 from lmlab.errors import LmlabError, did_you_mean
+from lmlab.hub.model_card import CardFacts, EvalResult, run_card_facts, write_model_card
 from lmlab.models import Transformer
 from lmlab.planning.limits import check_fits
 from lmlab.planning.memory import count_parameters
@@ -251,10 +252,34 @@ def pretrain(settings: PretrainSettings, env: DistEnv | None = None,
                 _discard(run.path)  # a run that never started leaves nothing behind
         raise
     try:
-        return trainer.train()
+        result = trainer.train()
+        if env.is_main and result.model_dir is not None:
+            write_model_card(result.model_dir, _card_facts(settings, model, trainer, result, sources, env))
+        return result
     finally:
         if env.is_main:
             run.release()
+
+
+def _card_facts(settings: PretrainSettings, model: Transformer, trainer: Trainer, result: TrainResult,
+                sources: list[_Source], env: DistEnv) -> CardFacts:
+    """What the model card of a finished pre-training run says: data, objective, settings, the measured losses."""
+    data = ["lmlab's shipped corpus" if s.name == SHIPPED and not s.raw and s.prepared is None else s.name
+            for s in sources]
+    results = []
+    if result.val_loss is not None:
+        results = [EvalResult("loss", result.val_loss, ", ".join(data)),
+                   EvalResult("perplexity", result.val_perplexity, ", ".join(data))]
+    train = settings.train
+    hyper = {"sequence length": trainer.seq_len, "batch size (sequences)": train.batch_size, "peak lr": train.lr,
+             "warmup steps": train.warmup, "weight decay": train.weight_decay, "betas": f"({train.beta1}, {train.beta2})",
+             "dtype": train.dtype, "seed": train.seed}
+    tokens = result.history[-1].get("tokens") if result.history else result.tokens
+    return run_card_facts(Path(settings.out).name, model.config, sum(p.numel() for p in model.parameters()),
+                          f"pre-training from random weights, {trainer.objective.name}, AdamW with warmup and cosine "
+                          "decay", hyper, result.steps, tokens, result.wall_seconds,
+                          data, results,
+                          world_size=env.world_size)
 
 
 def _proportional(datasets: dict[str, PreparedData]) -> dict[str, float]:

@@ -60,6 +60,7 @@ from lmlab.planning.units import format_bytes
 from lmlab.training.distributed import DistEnv, Strategy, all_reduce_sum, gather_to_main
 from lmlab.training.fsdp import ParallelConfig, build_strategy
 from lmlab.training.objectives import Objective, count_targets, loss_sum
+from lmlab.training.loggers import LOGGERS, LoggerKind, open_logger
 from lmlab.training.observe import REPORT_FILE, StepObserver
 from lmlab.training.optim import WarmupCosine
 from lmlab.training.run_lock import RunLock, is_lock_file, lock_run
@@ -100,6 +101,7 @@ class TrainConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)  # DDP, ZeRO stages: lmlab.training.fsdp
     qat: str | None = None  # quantization-aware training: int8 fake-quant per "tensor", "channel" or "group"
     skip_nonfinite: int = 0  # steps with a NaN/inf loss or gradient norm skipped (no update) before the run stops
+    logger: LoggerKind = "jsonl"  # where step metrics also go: lmlab.training.loggers
 
     def check(self, env: DistEnv) -> None:
         positive = {"steps": self.steps, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
@@ -107,6 +109,8 @@ class TrainConfig:
         for name, value in positive.items():
             if value < 1:
                 raise LmlabError(f"{name.replace('_', ' ')} must be at least 1, not {value}")
+        if self.logger not in LOGGERS:
+            raise LmlabError(f"unknown logger {self.logger!r}; choose one of {', '.join(LOGGERS)}")
         if self.dtype not in DTYPES:
             raise LmlabError(f"training dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
         if self.clip is not None and self.clip <= 0:
@@ -131,7 +135,8 @@ class TrainConfig:
     def identity(self) -> dict[str, Any]:
         """The settings that decide the trained weights (not how long, how often to evaluate or save, nor how
         the work is spread over processes)."""
-        skip = {"steps", "eval_every", "eval_batches", "checkpoint_every", "progress", "parallel", "skip_nonfinite"}
+        skip = {"steps", "eval_every", "eval_batches", "checkpoint_every", "progress", "parallel", "skip_nonfinite",
+                "logger"}
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
 
@@ -462,6 +467,7 @@ class Trainer:
         previous_handler = self._catch_interrupt()
         step, stopping = start_step, False
         log = open(self.run.metrics, "a", encoding="utf-8", buffering=1) if env.is_main else None
+        tracker = open_logger(config.logger, self.run.path, history, start_step) if env.is_main else None
         try:
             while step < config.steps and not stopping:
                 tick = time.perf_counter()
@@ -486,6 +492,8 @@ class Trainer:
                 bar.set_postfix(loss=f"{last.loss:.4f}", tok_s=f"{last.tokens_per_s:,.0f}", lr=f"{lr:.2e}",
                                 refresh=False)
                 history.append(self._log(last, log))
+                if tracker is not None:
+                    tracker.log(history[-1])
                 if self.on_step is not None:
                     self.on_step(last, self)
                 stopping = bool(all_reduce_sum(torch.tensor([float(self._stop)]), env)[0] > 0)
@@ -497,6 +505,8 @@ class Trainer:
         finally:
             if log is not None:
                 log.close()
+            if tracker is not None:
+                tracker.close()
             bar.close()
             observer.close()
             self._release_interrupt(previous_handler)
