@@ -191,7 +191,9 @@ def claim_folder(out: str | Path, kind: str, overwrite: bool = False) -> bool:
     where = Path(os.path.abspath(out))
     if Path.cwd() == where or where in Path.cwd().parents:
         raise LmlabError(f"--out {out} is the current folder or holds it; choose a new folder for the output")
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
+    if out.is_symlink():
+        raise LmlabError(f"{out} is a symbolic link; give the folder it points to, or a new folder")
+    if out.exists() and not out.is_dir():
         raise LmlabError(f"{out} exists and is not a folder; choose a new folder for the output")
     if not out.is_dir() or not any(out.iterdir()):
         return False
