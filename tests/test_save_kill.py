@@ -22,8 +22,8 @@ from lmlab.quantization.quantized_linear import quantize_model
 from lmlab.quantization.schemes import QuantSpec
 from lmlab.tokenizers import save_tokenizer_folder
 
-KILLS_PER_KIND = 4
-PAUSE = "0.005"  # seconds between the steps of a save (lmlab.io.PAUSE_ENV): wider windows to land a kill in
+KILLS_PER_KIND = 8
+PAUSE = "0.02"  # seconds between the steps of a save (lmlab.io.PAUSE_ENV): each step is as likely to be hit
 FORKSERVER = multiprocessing.get_context("forkserver")
 FORKSERVER.set_forkserver_preload(["lmlab.hub.checkpoint", "lmlab.quantization.checkpoint", "lmlab.models.lora"])
 
@@ -88,7 +88,7 @@ def test_a_save_killed_at_random_leaves_the_old_or_the_new_copy(kind, tmp_path):
         child = FORKSERVER.Process(target=_save_forever, args=(kind, str(out), ready))
         child.start()
         ready.wait()
-        child.join(rng.uniform(0.01, 0.3))
+        child.join(rng.uniform(0.0, 0.5))
         child.kill()
         child.join()
         io.recover(out)  # what the next save, or the next run, does first

@@ -20,7 +20,12 @@ optimizer moments, the step (the learning rate is a function of it), every
 rank's random-number generator states and the data position. On CPU a resumed
 run ends with the same weights, bit for bit, as one that never stopped.
 
-Ctrl-C stops after the current step with a checkpoint; `resume` continues.
+Ctrl-C or SIGTERM stops after the current step with a checkpoint; `resume`
+continues (and leaves a finished run as it is). A step whose loss or gradient
+norm is NaN or infinite takes no optimizer step: the run stops with an error
+and keeps its last checkpoint, or skips up to `skip_nonfinite` such steps, as
+large runs skip the batches that make the loss spike (Chowdhery et al. 2022,
+PaLM, section 5.1). metrics.jsonl writes a non-finite number as null.
 Throughput is reported in tokens/s and as model FLOPs utilization (MFU:
 Chowdhery et al. 2022, PaLM, appendix B): the model's training FLOPs per
 second (3 × the forward FLOPs of Hoffmann et al. 2022, appendix F) over the
