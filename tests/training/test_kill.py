@@ -57,7 +57,7 @@ def pretrain_argv(data: Path, out: Path, steps: int) -> list[str]:
 
 
 def test_killing_the_nproc_launcher_stops_its_workers_and_resume_reaches_the_same_weights(char_data, tmp_path):
-    steps, out = 60, tmp_path / "ddp-run"
+    steps, out = 30, tmp_path / "ddp-run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launcher = subprocess.Popen([*pretrain_argv(char_data.path, out, steps), "--nproc", "2"], cwd=tmp_path, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
