@@ -33,10 +33,10 @@ from lmlab.pipelines.scoring import continuation_logprobs, next_token_logprobs
 
 CONTENT_FREE = ("N/A", "[MASK]", "")  # Zhao et al. 2021, section 5
 DEFAULT_HYPOTHESIS = "This example is {}."
-DEFAULT_QUESTION = "Which of these labels fits the text above: {labels}?"
+DEFAULT_PROMPT = "{text}\n\nWhich of these labels fits the text above: {labels}?"
 SENTIMENT_LABELS = ("negative", "positive")
 SENTIMENT_HYPOTHESIS = "The sentiment of this text is {}."
-SENTIMENT_QUESTION = "Is the sentiment of the text above {labels}?"
+SENTIMENT_PROMPT = "{text}\n\nIs the sentiment of the text above {labels}?"
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -79,8 +79,8 @@ def head_logits(loaded: LoadedModel, texts: Sequence[str], pairs: Sequence[str] 
 class LabelLikelihood:
     """Calibrated label probabilities under a causal LM (see the module docstring)."""
 
-    def __init__(self, loaded: LoadedModel, labels: Sequence[str], hypothesis: str, question: str,
-                 calibrate: bool = True, batch_size: int = 8) -> None:
+    def __init__(self, loaded: LoadedModel, labels: Sequence[str], hypothesis: str, prompt: str,
+                 calibrate: bool = True, batch_size: int = 8, chat: bool | None = None) -> None:
         c = loaded.model.config
         if c.head != "lm" or c.arch != "decoder":
             raise LmlabError(f"{loaded.reference} is not a causal language model, so it cannot score labels by "
@@ -88,9 +88,10 @@ class LabelLikelihood:
         self.loaded, self.labels, self.batch_size = loaded, list(labels), batch_size
         before = check_template(hypothesis).split("{}")[0]
         self.answer_start, space = before.rstrip(" "), before[len(before.rstrip(" ")):]
-        self.question = question.replace("{labels}", self._listed(self.labels))
+        self.prompt = prompt.replace("{labels}", self._listed(self.labels))
         tokenizer = loaded.tokenizer
-        self.chat = getattr(tokenizer, "chat_template", None) is not None
+        has_template = getattr(tokenizer, "chat_template", None) is not None
+        self.chat = has_template if chat is None else chat and has_template
         # Each label's tokens as they follow the answer's start (the text is joined, then split, so a
         # label that begins a word is tokenized as it would be in running text).
         start_ids = tokenizer.encode(self.answer_start)
@@ -110,10 +111,10 @@ class LabelLikelihood:
 
     def _prefix(self, text: str) -> list[int]:
         tokenizer = self.loaded.tokenizer
-        content = f"{text}\n\n{self.question}"
+        content = self.prompt.replace("{text}", text)
         if self.chat:
-            return chat_ids(tokenizer, user_message(content)) + tokenizer.encode(self.answer_start)
-        return tokenizer.encode(f"{content}\n{self.answer_start}", add_special_tokens=True)
+            return chat_ids(tokenizer, user_message(content.strip())) + tokenizer.encode(self.answer_start)
+        return tokenizer.encode(content + self.answer_start, add_special_tokens=True)
 
     def _probabilities(self, texts: list[str]) -> np.ndarray:
         """[N, K] label probabilities, normalized over the labels, before calibration."""
@@ -144,7 +145,7 @@ class TextClassificationPipeline(Pipeline):
     task = "text-classification"
 
     def __init__(self, loaded: LoadedModel, labels: Sequence[str] | None = None,
-                 hypothesis_template: str = SENTIMENT_HYPOTHESIS, question: str = SENTIMENT_QUESTION,
+                 hypothesis_template: str = SENTIMENT_HYPOTHESIS, prompt: str = SENTIMENT_PROMPT,
                  calibrate: bool = True, **kwargs: Any) -> None:
         super().__init__(loaded, **kwargs)
         self.scorer = None
@@ -152,7 +153,7 @@ class TextClassificationPipeline(Pipeline):
             self.labels = head_labels(loaded)
         elif labels and loaded.model.config.head == "lm" and loaded.model.config.arch == "decoder":
             self.labels = [label.upper() for label in labels]
-            self.scorer = LabelLikelihood(loaded, labels, hypothesis_template, question, calibrate, self.batch_size)
+            self.scorer = LabelLikelihood(loaded, labels, hypothesis_template, prompt, calibrate, self.batch_size)
         else:
             raise LmlabError(f"{loaded.reference} has no sequence-classification head; train one with "
                              f"{finetune_hint('classification', loaded.reference)}, or use zero-shot-"
@@ -217,7 +218,7 @@ class ZeroShotClassificationPipeline(Pipeline):
     task = "zero-shot-classification"
 
     def __init__(self, loaded: LoadedModel, method: str | None = None, calibrate: bool = True,
-                 question: str = DEFAULT_QUESTION, **kwargs: Any) -> None:
+                 prompt: str = DEFAULT_PROMPT, **kwargs: Any) -> None:
         super().__init__(loaded, **kwargs)
         c = loaded.model.config
         self.entailment_id = next((i for i, name in enumerate(head_labels(loaded))
@@ -229,7 +230,7 @@ class ZeroShotClassificationPipeline(Pipeline):
         if self.method == "nli" and not can_nli:
             raise LmlabError(f"{loaded.reference} is not an NLI model (no classification head with an "
                              f"'entailment' label); train one with {finetune_hint('pair-classification', 'minilm-l6')}")
-        self.calibrate, self.question = calibrate, question
+        self.calibrate, self.prompt = calibrate, prompt
 
     def describe(self) -> str:
         if self.method == "nli":
@@ -245,7 +246,7 @@ class ZeroShotClassificationPipeline(Pipeline):
         else:
             if multi_label:
                 raise LmlabError("multi_label scores each label on its own, which needs an NLI model (method nli)")
-            scores = LabelLikelihood(self.loaded, labels, hypothesis_template, self.question, self.calibrate,
+            scores = LabelLikelihood(self.loaded, labels, hypothesis_template, self.prompt, self.calibrate,
                                      self.batch_size)(items)
         results = []
         for text, row in zip(items, scores):
