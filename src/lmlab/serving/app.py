@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from importlib.resources import files
 
 from fastapi import FastAPI, Request
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -161,7 +160,7 @@ def create_app(limits: ServerLimits, load: Callable[[], Backend]) -> FastAPI:
     async def lifespan(app: FastAPI):
         state.start_loading(load)
         yield
-        await run_in_threadpool(state.shutdown)
+        await asyncio.to_thread(state.shutdown)
 
     app = FastAPI(title="lmlab", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = state
@@ -260,7 +259,7 @@ def create_app(limits: ServerLimits, load: Callable[[], Backend]) -> FastAPI:
             if not row or not all(0 <= t < encoder.model.config.vocab_size for t in row):
                 raise bad_request(f"input {i} must be text or token ids of {encoder.name}'s vocabulary", "input")
             rows.append(row)
-        vectors = await run_in_threadpool(encoder.encode, rows)
+        vectors = await asyncio.to_thread(encoder.encode, rows)
         data = []
         for i, vector in enumerate(vectors):
             value = (base64.b64encode(vector.numpy().astype("<f4").tobytes()).decode()

@@ -117,7 +117,7 @@ class Choice:
         self.text += event.text
         if event.token_id >= 0:
             self.tokens += 1
-            if event.logprob is not None:
+            if event.logprob is not None and event.finish_reason != "eos":  # the end-of-sequence token is no text
                 self.logprobs.append(event)
         if event.finish_reason is not None:
             self.finish_reason = FINISH_REASONS[event.finish_reason]
@@ -186,7 +186,7 @@ class Responder:
             except APIError as err:
                 yield sse(err.body())
                 return
-            picked = [event] if event.token_id >= 0 and event.logprob is not None else []
+            picked = [event] if choice.logprobs and choice.logprobs[-1] is event else []
             if event.text or picked or choice.finish_reason is not None:
                 yield sse(self.chunk(index, event.text, picked, choice.finish_reason))
         if self.job.include_usage:

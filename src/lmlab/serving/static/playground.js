@@ -176,11 +176,12 @@ async function submit() {
   $("submit").disabled = true;
   $("stop").disabled = false;
   setStatus("generating…");
-  const start = performance.now();
+  let first = null; // when the first token came: tokens/s counts the generation, not the wait before it
   const count = (n) => {
     $("token-count").textContent = String(n);
-    const seconds = (performance.now() - start) / 1000;
-    $("speed").textContent = (seconds > 0 ? n / seconds : 0).toFixed(1);
+    if (n > 0 && first === null) first = performance.now();
+    const seconds = first === null ? 0 : (performance.now() - first) / 1000;
+    $("speed").textContent = (n > 1 && seconds > 0 ? (n - 1) / seconds : 0).toFixed(1);
   };
   count(0);
   try {
