@@ -79,10 +79,10 @@ def running(server: uvicorn.Server, wait: bool = True, api_key: str | None = Non
 
 @contextmanager
 def live_server(model: Path | str, *, embedding_model: str | None = None, max_model_len: int | None = None,
-                **limits) -> Iterator[LiveServer]:
+                dtype: str = "fp32", **limits) -> Iterator[LiveServer]:
     """`lmlab serve MODEL` with these settings, running on 127.0.0.1."""
     settings = ServeSettings(model=str(model), embedding_model=embedding_model, max_model_len=max_model_len,
-                             limits=ServerLimits(**limits), log_level="warning")
+                             dtype=dtype, limits=ServerLimits(**limits), log_level="warning")
     with running(build_server(settings), api_key=limits.get("api_key")) as live:
         yield live
 

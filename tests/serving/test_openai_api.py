@@ -11,6 +11,8 @@ import torch
 from lmlab.cli.main import main as lmlab_main
 from lmlab.hub.resolve import load_model
 
+from .conftest import live_server
+
 PROMPT = "Good morning, how are you today?"
 
 
@@ -35,6 +37,14 @@ def test_greedy_completion_equals_lmlab_generate(api_server, tiny_model, capsys)
     ids = load_model(str(tiny_model)).tokenizer.encode(PROMPT, add_special_tokens=True)
     assert answer.usage.prompt_tokens == len(ids)
     assert answer.usage.completion_tokens == 12 or answer.choices[0].finish_reason == "stop"
+
+
+def test_int8_weights_answer_as_lmlab_generate_with_int8(tiny_model, capsys):
+    with live_server(tiny_model, max_model_len=64, dtype="int8") as live:
+        answer = live.client().completions.create(model=str(tiny_model), prompt=PROMPT, max_tokens=10, temperature=0)
+    expected = lmlab_generate(capsys, str(tiny_model), "--prompt", PROMPT, "--no-chat", "--max-new-tokens", "10",
+                              "--dtype", "int8")
+    assert answer.choices[0].text == expected
 
 
 def test_sampled_completion_equals_lmlab_generate_with_the_same_seed(api_server, tiny_model, capsys):

@@ -119,6 +119,7 @@ def test_stop_aborts_and_metrics_count_a_cancelled_request(browser, tiny_model):
 def test_the_probability_view_shows_5_alternatives_for_a_token(page):
     page.fill("#prompt", "Hello")
     page.fill("#max_tokens", "6")
+    page.fill("#temperature", "0")  # greedy: the same 6 tokens every run
     page.check("#show-probabilities")
     sent = submit_and_capture(page)
     assert sent["logprobs"] is True and sent["top_logprobs"] == 5

@@ -8,10 +8,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lmlab.cli.generate import add_model_arguments
 from lmlab.errors import LmlabError
-from lmlab.hub.resolve import DEFAULT_MODEL
 from lmlab.serving import ServerLimits, ServeSettings, serve
-from lmlab.serving.server import DTYPES
 
 EXAMPLES = """\
 examples:
@@ -36,13 +35,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "SIGTERM or Ctrl-C finishes the requests in flight, then exits."
         ),
     )
-    parser.add_argument("model", nargs="?", default=DEFAULT_MODEL,
-                        help=f"embedded model, checkpoint folder, .gguf file or hub id (default: {DEFAULT_MODEL})")
+    add_model_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the "
                              "network, so give it an --api-key)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
-    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="number format of the weights")
     key = parser.add_mutually_exclusive_group()
     key.add_argument("--api-key", metavar="KEY",
                      help="require 'Authorization: Bearer KEY' on every endpoint (the playground page asks for it)")
@@ -87,5 +84,6 @@ def run_serve(args: argparse.Namespace) -> int:
                           api_key=read_api_key(args), cors_origins=tuple(args.cors_origin),
                           shutdown_timeout=args.shutdown_timeout)
     serve(ServeSettings(model=args.model, host=args.host, port=args.port, dtype=args.dtype,
-                        max_model_len=args.max_model_len, embedding_model=args.embedding_model, limits=limits))
+                        group_size=args.group_size, max_model_len=args.max_model_len,
+                        embedding_model=args.embedding_model, limits=limits))
     return 0

@@ -13,16 +13,14 @@ import signal
 import threading
 from dataclasses import dataclass, field
 
-import torch
 import uvicorn
 
 from lmlab.errors import LmlabError
 from lmlab.generation.engine import Engine
 from lmlab.hub.resolve import DEFAULT_MODEL, load_model, resolve_config
 from lmlab.serving.app import Backend, ServerLimits, create_app
+from lmlab.quantization.weight_format import WeightFormat
 from lmlab.serving.embeddings import SentenceEncoder
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -32,7 +30,8 @@ class ServeSettings:
     model: str = DEFAULT_MODEL
     host: str = "127.0.0.1"
     port: int = 8000
-    dtype: str = "fp32"
+    dtype: str = "fp32"  # fp32, bf16, or int8 / int4 (quantized on load)
+    group_size: int | None = None  # int4's group
     max_model_len: int | None = None
     prefill_chunk: int = 256
     embedding_model: str | None = None
@@ -42,7 +41,7 @@ class ServeSettings:
 
 def load_backend(settings: ServeSettings) -> Backend:
     """Load the language model into an engine (and the sentence encoder, if asked for)."""
-    loaded = load_model(settings.model, dtype=DTYPES[settings.dtype])
+    loaded = load_model(settings.model, dtype=settings.dtype, group_size=settings.group_size)
     engine = Engine(loaded.model, loaded.tokenizer, slots=settings.limits.slots, max_len=settings.max_model_len,
                     prefill_chunk=settings.prefill_chunk)
     encoder = SentenceEncoder(load_model(settings.embedding_model)) if settings.embedding_model else None
@@ -51,8 +50,7 @@ def load_backend(settings: ServeSettings) -> Backend:
 
 def check_settings(settings: ServeSettings) -> None:
     """Fail before listening on what can be known without loading weights."""
-    if settings.dtype not in DTYPES:
-        raise LmlabError(f"--dtype must be one of {', '.join(DTYPES)}, not {settings.dtype!r}")
+    WeightFormat.parse(settings.dtype, settings.group_size)
     limits = settings.limits
     for name, value, least in (("--slots", limits.slots, 1), ("--max-queue", limits.max_queue, 0),
                                ("--max-body-bytes", limits.max_body_bytes, 1024)):

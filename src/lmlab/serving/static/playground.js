@@ -156,7 +156,7 @@ function addTokens(list) {
     const span = document.createElement("span");
     span.className = "token";
     span.dataset.index = String(tokens.length - 1);
-    span.textContent = t.text;
+    span.textContent = t.text.replace(/\n/g, "\u21b5\n"); // a new line shows as a mark one can click
     const p = Math.exp(t.logprob);
     span.style.background = `rgba(47, 95, 208, ${(0.08 + 0.5 * (1 - p)).toFixed(2)})`;
     span.title = `${(100 * p).toFixed(1)}%`;
