@@ -153,3 +153,10 @@ def test_health_and_the_api_are_503_while_the_model_loads(api_server):
         release.set()
         wait_until(lambda: healthy(live.url), 60, "the load to finish")
         still_serving(live.url)
+
+
+def test_a_draining_server_answers_503(tiny_model):
+    with live_server(tiny_model, max_model_len=64) as live:
+        live.server.on_signal()  # what SIGTERM does first, before uvicorn stops listening
+        assert error_of(post(live.url, "/v1/chat/completions", CHAT), 503)["code"] == "shutting_down"
+        assert httpx.get(live.url + "/health").json() == {"status": "shutting down"}
