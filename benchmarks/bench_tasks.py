@@ -155,12 +155,11 @@ class Bench:
     def sst2_zero_shot(self) -> None:
         start = time.perf_counter()
         texts, gold = (self.limit(x) for x in sst2(self.data, "dev"))
-        accuracy = {}
-        for calibrate in (True, False):
-            task = lmlab.pipeline("sentiment-analysis", self.model("smollm2-135m-instruct"), calibrate=calibrate,
-                                  batch_size=16, progress=self.args.progress)
-            predicted = [int(o["label"] == "POSITIVE") for o in task(texts)]
-            accuracy[calibrate] = float(np.mean(np.array(predicted) == np.array(gold)))
+        task = lmlab.pipeline("sentiment-analysis", self.model("smollm2-135m-instruct"), batch_size=16)
+        scored = [np.concatenate(parts) for parts in zip(*(task.scorer.scores(texts[i:i + 16])
+                                                            for i in range(0, len(texts), 16)))]
+        accuracy = {calibrated: float(np.mean(p.argmax(1) == np.array(gold)))
+                    for calibrated, p in zip((False, True), scored)}
         self.report("sst2-zero-shot", "SST-2 dev", len(texts), task.describe(), {"accuracy": accuracy[True]},
                     {"uncalibrated accuracy": accuracy[False]}, start)
 

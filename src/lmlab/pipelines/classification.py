@@ -35,8 +35,9 @@ CONTENT_FREE = ("N/A", "[MASK]", "")  # Zhao et al. 2021, section 5
 DEFAULT_HYPOTHESIS = "This example is {}."
 DEFAULT_PROMPT = "{text}\n\nWhich of these labels fits the text above: {labels}?"
 SENTIMENT_LABELS = ("negative", "positive")
-SENTIMENT_HYPOTHESIS = "The sentiment of this text is {}."
-SENTIMENT_PROMPT = "{text}\n\nIs the sentiment of the text above {labels}?"
+SENTIMENT_HYPOTHESIS = " {}"
+SENTIMENT_PROMPT = "Review: {text}\nSentiment:"  # plain text, not a chat turn: 0.80 raw, 0.82 calibrated on 100
+                                                # random SST-2 dev sentences, against 0.47 / 0.55 as a chat question
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -128,12 +129,16 @@ class LabelLikelihood:
             scores = np.array(continuation_logprobs(model, pairs, self.fill, self.batch_size)).reshape(len(texts), -1)
         return softmax(scores.astype(np.float64))
 
-    def __call__(self, texts: list[str]) -> np.ndarray:
+    def scores(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """[N, K] label probabilities before and after calibration."""
         p = self._probabilities(texts)
         if self.bias is None:
-            return p
+            return p, p
         q = p / self.bias
-        return q / q.sum(-1, keepdims=True)
+        return p, q / q.sum(-1, keepdims=True)
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        return self.scores(texts)[1]
 
 
 class TextClassificationPipeline(Pipeline):
@@ -146,14 +151,15 @@ class TextClassificationPipeline(Pipeline):
 
     def __init__(self, loaded: LoadedModel, labels: Sequence[str] | None = None,
                  hypothesis_template: str = SENTIMENT_HYPOTHESIS, prompt: str = SENTIMENT_PROMPT,
-                 calibrate: bool = True, **kwargs: Any) -> None:
+                 calibrate: bool = True, chat: bool = False, **kwargs: Any) -> None:
         super().__init__(loaded, **kwargs)
         self.scorer = None
         if loaded.model.config.head == "sequence-classification":
             self.labels = head_labels(loaded)
         elif labels and loaded.model.config.head == "lm" and loaded.model.config.arch == "decoder":
             self.labels = [label.upper() for label in labels]
-            self.scorer = LabelLikelihood(loaded, labels, hypothesis_template, prompt, calibrate, self.batch_size)
+            self.scorer = LabelLikelihood(loaded, labels, hypothesis_template, prompt, calibrate, self.batch_size,
+                                          chat)
         else:
             raise LmlabError(f"{loaded.reference} has no sequence-classification head; train one with "
                              f"{finetune_hint('classification', loaded.reference)}, or use zero-shot-"
