@@ -122,7 +122,7 @@ def check(name: str, reference: str, chat: bool, out: Path, threads: int, ppl_te
         except Exception as err:  # an outtype the model cannot take is reported, not fatal
             lines.append(f"  {outtype:5} export refused: {err}")
             continue
-        llm = llama_cpp.Llama(model_path=str(path), n_ctx=model.config.max_seq_len, n_threads=threads,
+        llm = llama_cpp.Llama(model_path=str(path), n_ctx=min(model.config.max_seq_len, 1024), n_threads=threads,
                               logits_all=True, verbose=False)
         same_tokens = sum(llm.tokenize(tok.decode(p, skip_special_tokens=False).encode(), add_bos=False,
                                        special=True) == p for p in prompts)

@@ -213,3 +213,9 @@ def test_an_existing_out_is_kept_unless_overwrite(checkpoints, tmp_path, capsys)
     assert sorted(p.name for p in out.iterdir()) == [".lmlab.json", "Modelfile", "README.md", "exported.F32.gguf",
                                                      "model_card.json"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
+
+
+def test_a_hugging_face_folder_refuses_gguf_types(checkpoints, tmp_path):
+    with pytest.raises(LmlabError, match="q8_0 and q4_0 are GGUF types"):
+        export_model(str(checkpoints["llama"]), tmp_path / "hf", "hf", "q8_0")
+    assert not (tmp_path / "hf").exists()

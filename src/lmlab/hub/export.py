@@ -75,14 +75,15 @@ def export_model(reference: str, out: Path, format: ExportFormat = "gguf", outty
         raise LmlabError(f"unknown export format {format!r}; choose hf or gguf")
     if outtype not in OUTTYPES:
         raise LmlabError(f"unknown GGUF type {outtype!r}; choose one of {', '.join(OUTTYPES)}")
+    if format == "hf" and outtype not in ("f32", "f16", "bf16"):
+        raise LmlabError(f"a Hugging Face folder holds f32, f16 or bf16 weights, not {outtype}; q8_0 and q4_0 are "
+                         "GGUF types (--format gguf)")
     out = Path(out)
     claim_folder(out, HF_MODEL_KIND if format == "hf" else GGUF_MODEL_KIND, overwrite)  # before the work
     model, tokenizer, source = load_for_export(reference)
     name = name or out.name
     facts = _facts(reference, model, source, name)
     if format == "hf":
-        if outtype not in ("f32", "f16", "bf16"):
-            raise LmlabError(f"a Hugging Face folder holds f32, f16 or bf16 weights, not {outtype}")
         import torch
 
         model = model.to({"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[outtype])
