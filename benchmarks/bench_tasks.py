@@ -34,6 +34,7 @@ import collections
 import json
 import random
 import re
+import shutil
 import string
 import tempfile
 import time
@@ -46,6 +47,7 @@ import lmlab
 from lmlab.evaluation.metrics import bleu, rouge
 from lmlab.finetuning import DataFormat, FinetuneSettings, finetune
 from lmlab.hub.resolve import load_model
+from lmlab.io import write_jsonl
 
 ROWS = ("sst2-zero-shot", "sst2-finetuned", "wnut17", "snli", "sst2-nli", "stsb", "xquad-generative",
         "xquad-extractive", "flores-fr", "flores-de", "wtq", "dialogsum", "fill-mask")
@@ -368,13 +370,16 @@ def main() -> None:
         parser.error(f"unknown rows {sorted(unknown)}; choose from {', '.join(ROWS)}")
     bench = Bench(args)
     print("| row | data | model and method | metric | baseline | wall time |\n|---|---|---|---|---|---|", flush=True)
-    for row in rows:
-        if row.startswith("flores-"):
-            bench.flores({"flores-fr": "fra_Latn", "flores-de": "deu_Latn"}[row])
-        else:
-            getattr(bench, row.replace("-", "_"))()
-        if args.out:
-            Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in bench.results))
+    try:
+        for row in rows:
+            if row.startswith("flores-"):
+                bench.flores({"flores-fr": "fra_Latn", "flores-de": "deu_Latn"}[row])
+            else:
+                getattr(bench, row.replace("-", "_"))()
+            if args.out:
+                write_jsonl(args.out, bench.results)
+    finally:
+        shutil.rmtree(bench.tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
