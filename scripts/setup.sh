@@ -21,3 +21,4 @@ if [ ! -x /usr/lib/chromium/chromium ] && command -v apt-get >/dev/null; then
         || echo "setup: could not install chromium: the browser tests will be skipped"
 fi
 .venv/bin/python -c "import torch, lmlab; print(f'lmlab {lmlab.__version__} ready (torch {torch.__version__})')"
+echo "activate it in this shell (then \`lmlab\` is a command): source .venv/bin/activate"

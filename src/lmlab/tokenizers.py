@@ -308,6 +308,10 @@ def render_chat_template(
         )
     except jinja2.TemplateError as err:
         raise LmlabError(f"the chat template refused this conversation: {err}") from None
+    except LmlabError:
+        raise
+    except Exception as err:  # the template is code the model's author wrote: whatever it raises is its failure
+        raise LmlabError(f"the chat template failed on this conversation ({type(err).__name__}: {err})") from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 import torch
 import transformers
 
-from lmlab.finetuning.datasets import Collator, DataFormat, load_data
+from lmlab.finetuning.datasets import Collator, DataFormat, Example, load_data
 from lmlab.finetuning.evaluate import validation_loss
 from lmlab.finetuning.prepare import enable_gradient_checkpointing, plan_memory
 from lmlab.finetuning.recipe import EarlyStopping, FinetuneSettings, finetune, load_adapted_model
@@ -18,8 +18,10 @@ from lmlab.generation import GenerationConfig, generate
 from lmlab.hub.checkpoint import export_hf
 from lmlab.hub.resolve import load_model
 from lmlab.models.lora import apply_lora
+from lmlab.planning.measure import saved_tensor_bytes
 from lmlab.planning.memory import plan_training_memory
 from lmlab.resources import resource_path
+from lmlab.training.objectives import loss_sum
 from lmlab.training.trainer import StepMetrics
 
 from .conftest import colour_records, write_jsonl
@@ -165,6 +167,22 @@ def test_memory_plan_matches_the_planner(tiny_model):
     lora = plan_memory(model, batch=4, seq_len=32)
     assert lora.gradients == 4 * report.n_trainable and lora.optimizer_states == 8 * report.n_trainable
     assert lora.weights == 4 * report.n_total
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_memory_plan_counts_the_activations_a_training_step_keeps(tiny_model, method):
+    """The planned activations of 4 sequences of 48 input tokens, 19 of them labelled, against the tensors a real
+    forward pass of such a batch saves for the backward pass (caught with saved_tensors_hooks)."""
+    model = load_model(str(tiny_model)).model.train()
+    if method == "lora":  # each adapter keeps its own dropped-out input and dropout mask
+        apply_lora(model, "all-linear", rank=4, alpha=8, dropout=0.1)
+    collator = Collator("generation", pad_id=0)
+    examples = [Example([3 + (i * 7 + j) % 200 for j in range(49)], targets=[False] * 30 + [True] * 19)
+                for i in range(4)]
+    plan = plan_memory(model, batch=4, seq_len=48, collator=collator, task="generation", labelled=19)
+    with torch.random.fork_rng():
+        _, saved = saved_tensor_bytes(lambda: loss_sum(model, collator(examples)), model.parameters())
+    assert plan.activations == pytest.approx(saved, rel=0.02)
 
 
 def test_minilm_classifier_beats_the_majority_baseline(tmp_path, minilm_dir):

@@ -11,6 +11,7 @@ from lmlab.data.mixture import load_mixture, parse_mix
 from lmlab.data.packing import MANIFEST, load_prepared
 from lmlab.data.pipeline import PrepareSettings, format_funnel, prepare, prepare_documents
 from lmlab.data.readers import TXT_SPLITS
+from lmlab.resources import write_examples
 
 PREPARE_HELP = """\
 Prepare a pre-training corpus: read -> normalize -> quality-filter -> exact dedup ->
@@ -83,6 +84,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--seed", type=int, default=0, help="seed of the draws (default: 0)")
     m.set_defaults(func=run_mix)
 
+    e = commands.add_parser(
+        "examples", help="write the small data files the README's tour uses, from data lmlab ships",
+        description="Write, into --out, the data the README's tour reads: dialogues.jsonl (40 dialogues with "
+                    "summaries, DialogSum format), train.jsonl and eval.jsonl (30 and 10 of them), reviews.csv "
+                    "(text,label), book.txt and corpus/ (documents of lmlab's shipped pre-training corpus, one per file). "
+                    "Files that exist are kept.")
+    e.add_argument("--out", default="examples", metavar="DIR", help="where to write them (default: %(default)s)")
+    e.set_defaults(func=run_examples)
+
 
 def run_prepare(args: argparse.Namespace) -> int:
     rules = QualityRules(min_chars=args.min_chars, max_chars=args.max_chars, max_symbol_ratio=args.max_symbol_ratio)
@@ -131,4 +141,13 @@ def run_inspect(args: argparse.Namespace) -> int:
 def run_mix(args: argparse.Namespace) -> int:
     mixture = load_mixture(args.dirs, parse_mix(args.mix), args.samples, seed=args.seed)
     print(mixture.report().format())
+    return 0
+
+
+def run_examples(args: argparse.Namespace) -> int:
+    written, kept = write_examples(args.out)
+    for path in written:
+        print(f"wrote {path}")
+    for path in kept:
+        print(f"kept {path} (it exists)")
     return 0

@@ -114,7 +114,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                 "on (e.g. temperature=0.2,0.8,1.5)")
     inference.add_argument("--batch-size", type=int, default=4, metavar="B",
                            help="prompts generated together, left-padded to the same length (default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=Path("icl_report"), metavar="DIR",
+    parser.add_argument("--out", type=Path, default=Path("runs/icl"), metavar="DIR",
                         help="folder for predictions.jsonl, summary.json and rouge.png; it must be new, empty or "
                              "hold an earlier report, which is replaced (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

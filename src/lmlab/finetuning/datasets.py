@@ -124,6 +124,13 @@ class FinetuneData:
     def max_tokens(self) -> int:
         return max(len(e.tokens) for e in self.train)
 
+    @property
+    def max_labelled(self) -> int:
+        """Generation: the most positions with a label in one training sequence (the targets after the first)."""
+        if self.task != "generation":
+            return 0
+        return max(sum(e.targets[1:]) for e in self.train)
+
     def id2label(self) -> dict[str, str]:
         return {str(i): name for i, name in enumerate(self.labels or [])}
 

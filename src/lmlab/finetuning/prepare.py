@@ -25,14 +25,18 @@ from torch.utils.checkpoint import checkpoint
 
 from lmlab.config import ModelConfig
 from lmlab.errors import LmlabError
+from lmlab.finetuning.datasets import Collator, Example
 from lmlab.models import Transformer
 from lmlab.models.heads import make_head
+from lmlab.planning.measure import saved_tensor_bytes
 from lmlab.planning.memory import activation_term
 from lmlab.planning.units import format_bytes
+from lmlab.training.objectives import loss_sum
 
 HEAD_INIT_STD = 0.02
 FP32_BYTES = 4
 ADAMW_STATES = 2  # first and second moment
+PROBE_TOKENS = 32  # the length of the sequence whose saved activations the plan counts
 
 
 def attach_head(model: Transformer, head: str, labels: list[str] | None = None, seed: int = 0) -> Transformer:
@@ -100,14 +104,51 @@ class MemoryPlan:
                 f"{format_bytes(self.activations)}")
 
 
+def probe_activations(model: nn.Module, collator: Collator, n_tokens: int = PROBE_TOKENS,
+                      compute_dtype: str = "fp32") -> tuple[float, float]:
+    """(bytes per token, bytes per labelled token) autograd keeps for the backward pass of a generation fine-tune.
+
+    Counted on the model itself rather than by formula: a forward pass of the training loss on one sequence
+    of `n_tokens` tokens runs under `saved_tensors_hooks` (`lmlab.planning.measure.saved_tensor_bytes`), so
+    whatever the run keeps is counted: each LoRA adapter's own dropped-out input and dropout mask, the
+    activations a frozen layer does not keep, the head's input and logits on the labelled positions only
+    (`logits_mask`). Two passes, every position labelled and the second half only, separate the per-token
+    part from the per-labelled-token part (the vocabulary projection). Dropout draws do not touch the run's
+    random state.
+    """
+    def saved(n_labelled: int) -> int:
+        tokens = [3 + i % 50 for i in range(n_tokens + 1)]
+        example = Example(tokens, targets=[False] * (n_tokens + 1 - n_labelled) + [True] * n_labelled)
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=compute_dtype == "bf16")
+        with torch.random.fork_rng(), autocast, torch.enable_grad():
+            return saved_tensor_bytes(lambda: loss_sum(model, collator([example])), model.parameters())[1]
+
+    was_training = model.training
+    model.train()
+    try:
+        every, half = saved(n_tokens), saved(n_tokens // 2)
+    finally:
+        model.train(was_training)
+    per_labelled = (every - half) / (n_tokens - n_tokens // 2)
+    return (every - per_labelled * n_tokens) / n_tokens, per_labelled
+
+
 def plan_memory(model: nn.Module, batch: int, seq_len: int, compute_dtype: str = "fp32",
-                gradient_checkpointing: bool = False) -> MemoryPlan:
-    """Weights for every parameter; gradients and AdamW moments (fp32) for the trainable ones; activations of
-    one micro-batch of `batch` x `seq_len` tokens (2 bytes each under bf16 autocast)."""
+                gradient_checkpointing: bool = False, collator: Collator | None = None, task: str = "generation",
+                labelled: int | None = None) -> MemoryPlan:
+    """Weights for every parameter; gradients and AdamW moments (fp32) for the trainable ones only; the
+    activations of one micro-batch of `batch` sequences of `seq_len` tokens with at most `labelled` labelled
+    positions each (default: all), measured per token by `probe_activations` for generation with a `collator`.
+    Otherwise (other tasks, gradient checkpointing, no collator) the activations are Korthikanti et al.'s formula
+    (`lmlab.planning.memory.activation_term`, 2 bytes per element under bf16 autocast)."""
     params = list(model.parameters())
     n_total = sum(p.numel() for p in params)
     n_trainable = sum(p.numel() for p in params if p.requires_grad)
-    activation_bytes = 2 if compute_dtype == "bf16" else FP32_BYTES
-    activations = activation_term(model.config, batch, seq_len, activation_bytes, gradient_checkpointing).bytes
+    if collator is not None and task == "generation" and not gradient_checkpointing:
+        per_token, per_labelled = probe_activations(model, collator, min(PROBE_TOKENS, seq_len), compute_dtype)
+        activations = batch * (per_token * seq_len + per_labelled * (seq_len if labelled is None else labelled))
+    else:
+        activation_bytes = 2 if compute_dtype == "bf16" else FP32_BYTES
+        activations = activation_term(model.config, batch, seq_len, activation_bytes, gradient_checkpointing).bytes
     return MemoryPlan(n_total * FP32_BYTES, n_trainable * FP32_BYTES, n_trainable * FP32_BYTES * ADAMW_STATES,
                       activations, n_total, n_trainable)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import resource
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -45,6 +44,8 @@ from lmlab.hub.model_card import CardFacts, EvalResult, run_card_facts, write_mo
 from lmlab.hub.resolve import LoadedModel, load_model
 from lmlab.io import remove_folder, write_json
 from lmlab.planning.limits import check_fits
+from lmlab.planning.measure import PeakMemory
+from lmlab.planning.units import format_bytes
 from lmlab.models.lora import AdapterConfig, LoRAReport, apply_lora, count_parameters, load_adapter, merge_lora, save_adapter
 from lmlab.training.distributed import DistEnv, run_on_main
 from lmlab.training.fsdp import ParallelConfig
@@ -117,7 +118,7 @@ class FinetuneResult:
     memory_plan: dict[str, float]
     train_seconds: float
     wall_seconds: float
-    peak_memory_bytes: int
+    peak_memory_bytes: int  # resident memory above the process's before the model was loaded (0: unknown)
     already_done: bool = False  # resumed a finished run: nothing trained, nothing written
 
     @classmethod
@@ -154,11 +155,6 @@ def check_task_fits(task: str, config: ModelConfig, name: str) -> None:
         kind = "an encoder (BERT-like) model" if not config.has_decoder else f"a model with a {config.head} head"
         raise LmlabError(f"{name} is {kind}: it cannot write text, so it cannot be fine-tuned for generation; "
                          "use --task classification (text-label records), or a decoder such as smollm2-135m-instruct")
-
-
-def peak_memory_bytes() -> int:
-    """The peak resident memory of this process so far (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 class EarlyStopping:
@@ -229,6 +225,7 @@ def _identity(s: FinetuneSettings, train: TrainConfig) -> dict[str, Any]:
 def finetune(s: FinetuneSettings, env: DistEnv | None = None) -> FinetuneResult:
     """Fine-tune as `s` says; see the module docstring for the steps."""
     start = time.perf_counter()
+    memory = PeakMemory()  # the process's resident memory before the model is loaded, and its peak after
     env = env or DistEnv()
     say = (lambda text: print(text, flush=True)) if env.is_main else (lambda text: None)
     check_settings(s)
@@ -268,7 +265,12 @@ def finetune(s: FinetuneSettings, env: DistEnv | None = None) -> FinetuneResult:
     if s.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     micro_batch = s.batch_size // (env.world_size * s.grad_accum) or 1
-    plan = plan_memory(model, micro_batch, data.max_tokens, s.dtype, s.gradient_checkpointing)
+    pad_id = next(i for i in (tokenizer.pad_id, model.config.pad_token_id, model.config.eos_token_id, 0)
+                  if i is not None)
+    collator = Collator(data.task, pad_id)
+    inputs = data.max_tokens - (data.task == "generation")  # a generation example's last token is only a target
+    plan = plan_memory(model, micro_batch, inputs, s.dtype, s.gradient_checkpointing, collator, data.task,
+                       data.max_labelled)
     say(plan.format())
     check_fits("this fine-tune", plan.total, "choose a smaller --batch-size (or more --grad-accum), a shorter "
                "--max-length, --method lora or --grad-checkpointing")
@@ -283,9 +285,6 @@ def finetune(s: FinetuneSettings, env: DistEnv | None = None) -> FinetuneResult:
     )
     train_config.check(env)  # before the run folder is made: a refused setting leaves nothing behind
     with run_on_main(lambda: open_run(s.out, _identity(s, train_config), s.resume), env) as run:
-        pad_id = next(i for i in (tokenizer.pad_id, model.config.pad_token_id, model.config.eos_token_id, 0)
-                      if i is not None)
-        collator = Collator(data.task, pad_id)
         objective = Objective(f"fine-tuning ({data.task}, {s.method})", lambda seed: collator)
         monitor = EarlyStopping(s, data, collator, tokenizer, say)
         trainer = Trainer(model, objective, {"train": data.train},
@@ -296,6 +295,11 @@ def finetune(s: FinetuneSettings, env: DistEnv | None = None) -> FinetuneResult:
         if trained.already_done and (run.path / SUMMARY_FILE).is_file():
             return FinetuneResult.load(run.path)
         monitor.restore_best(model)
+        measured = memory.peak_bytes()
+        if measured is not None:
+            say(f"memory: planned {format_bytes(plan.total)}, measured peak {format_bytes(measured)} "
+                f"({measured / plan.total:.2f} x the plan; resident memory above the process's before the model "
+                "was loaded)")
 
         # 6. The final scores on the validation set.
         scores: dict[str, float] = {}
@@ -330,7 +334,7 @@ def finetune(s: FinetuneSettings, env: DistEnv | None = None) -> FinetuneResult:
             n_trainable=n_trainable, n_total=n_total, steps=trained.steps, best_step=monitor.best_step,
             stopped_early=trained.stopped_early, scores=scores, history=monitor.evaluations,
             memory_plan={**asdict(plan), "total": plan.total}, train_seconds=trained.train_seconds,
-            wall_seconds=time.perf_counter() - start, peak_memory_bytes=peak_memory_bytes(),
+            wall_seconds=time.perf_counter() - start, peak_memory_bytes=memory.peak_bytes() or 0,
         )
         if env.is_main:
             summary = {**asdict(result), "settings": _identity(s, train_config)}

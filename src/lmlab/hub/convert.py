@@ -48,7 +48,20 @@ def _head_from_architectures(hf_config: dict[str, Any], family: str) -> str:
 
 
 def config_from_hf(hf: dict[str, Any], head: str | None = None) -> ModelConfig:
-    """An lmlab ModelConfig equivalent to a transformers config.json."""
+    """An lmlab ModelConfig equivalent to a transformers config.json; LmlabError for a field it lacks or cannot
+    read."""
+    if not isinstance(hf, dict):
+        raise LmlabError(f"a Hugging Face config is a JSON object, not {type(hf).__name__}")
+    try:
+        return _config_from_hf(hf, head)
+    except KeyError as err:
+        raise LmlabError(f"the Hugging Face config has no {err.args[0]!r} field") from None
+    except (TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError) as err:
+        raise LmlabError(f"the Hugging Face config has a field lmlab cannot read ({type(err).__name__}: {err})"
+                         ) from None
+
+
+def _config_from_hf(hf: dict[str, Any], head: str | None) -> ModelConfig:
     family = family_of(hf)
     head = head or _head_from_architectures(hf, family)
     num_labels = len(hf.get("id2label") or {}) or hf.get("num_labels", 2)

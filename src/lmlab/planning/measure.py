@@ -28,8 +28,10 @@ matching setting.
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +66,23 @@ def _status_kb(field: str) -> int | None:
     except OSError:
         return None
     return None
+
+
+def saved_tensor_bytes(run: Callable[[], Any], exclude: Iterable[torch.Tensor] = ()) -> tuple[Any, int]:
+    """What `run()` returns, and the bytes of the tensors autograd saves for the backward pass while `run()` executes (caught with
+    `torch.autograd.graph.saved_tensors_hooks`), each storage once, leaving out those of `exclude` (parameters
+    that layers save to compute input gradients are weights, not activations)."""
+    excluded = {t.untyped_storage().data_ptr() for t in exclude}
+    saved: list[torch.Tensor] = []
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.untyped_storage().data_ptr() not in excluded:
+            saved.append(tensor)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        result = run()
+    return result, _storage_bytes(saved, set())
 
 
 class PeakMemory:
@@ -159,21 +178,13 @@ def measure_training_step(config: ModelConfig, batch: int, seq_len: int, optimiz
     model = Transformer(config).init_weights(seed=seed).train()
     opt = make_optimizer(optimizer, model)
     tokens = torch.randint(0, config.vocab_size, (batch, seq_len + 1), generator=torch.Generator().manual_seed(seed))
-    weight_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved: list[torch.Tensor] = []
 
-    def keep(tensor: torch.Tensor) -> torch.Tensor:
-        if tensor.untyped_storage().data_ptr() not in weight_ptrs:
-            saved.append(tensor)
-        return tensor
+    def forward() -> torch.Tensor:
+        logits = model(tokens[:, :-1]).logits
+        return F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
 
     for step in range(2):
-        saved.clear()
-        with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
-            logits = model(tokens[:, :-1]).logits
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
-        activations = _storage_bytes(saved, set())
-        saved.clear()
+        loss, activations = saved_tensor_bytes(forward, model.parameters())
         loss.backward()
         if step == 0:
             opt.step()
