@@ -1,36 +1,49 @@
-"""Decoding speed: lmlab's `generate` vs transformers' `generate` on the embedded SmolLM2-135M-Instruct.
+"""Decoding speed, batch 1: lmlab (fp32, bf16, int8, int4) vs transformers (fp32, bf16) vs llama.cpp.
 
-Both load the same GGUF file (lmlab with `load_model`, transformers with its own GGUF reader), in the
-same dtype, and decode 128 greedy tokens after a ~300-token prompt, batch 1, with the KV cache. The end
-of sequence is switched off on both, so both write all 128 tokens. Rounds alternate the two so that a
-busy machine slows them alike. For each it prints:
+All read the embedded SmolLM2-135M-Instruct GGUF: lmlab with `load_model` (projections fused, int8
+and int4 quantized on load), transformers with its own GGUF reader, llama.cpp through
+`llama-cpp-python` on the file itself (Q4_1 weights, `n_threads` threads; install the optional
+`bench` extra). Each decodes `--new-tokens` greedy tokens after a ~300-token prompt, with the end of
+sequence switched off so all write every token. Rounds alternate the runners, so that a busy
+machine slows them alike. For each it prints:
 
-- tokens/s with prefill: 128 / (time of the whole generate call, prompt included);
-- tokens/s decoding: 127 / (time from the first new token to the last), i.e. the per-token loop alone;
+- prefill tokens/s: prompt tokens / (time until the first new token);
+- decode tokens/s: (new tokens - 1) / (time from the first new token to the last), the per-token loop;
 
-then the medians over the rounds and the ratio lmlab / transformers (above 1: lmlab is faster), and
-whether the two wrote the same tokens.
+then the medians over the rounds, the ratios the acceptance names, whether lmlab and transformers
+wrote the same tokens at the same dtype, the load average (before and after) and the CPU's
+matrix-math flags (bf16 is emulated without AVX512-BF16 or AMX).
 
-    python benchmarks/bench_decode.py [--dtype fp32|bf16] [--rounds 3] [--threads 2] [--new-tokens 128]
+    python benchmarks/bench_decode.py [--rounds 3] [--threads 2] [--new-tokens 128]
+                                      [--runners lmlab-fp32,...,llama.cpp] [--group-size 64]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
 import time
+from collections.abc import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF reader draws its own bars
 
 import torch
-import transformers
 
+from lmlab.errors import LmlabError
 from lmlab.generation import GenerationConfig, stream_generate
 from lmlab.hub.resolve import embedded_path, load_model
 
+MODEL = "smollm2-135m-instruct"
 PROMPT_TOKENS = 300
+RUNNERS = ("lmlab-fp32", "lmlab-bf16", "lmlab-int8", "lmlab-int4", "transformers-fp32", "transformers-bf16",
+           "llama.cpp")
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 TEXT = """The history of bread is the history of people settling down. Long before anyone wrote, people \
 ground wild grains between stones, mixed the flour with water and baked flat cakes on hot rocks. When \
 farming began in the Fertile Crescent, wheat and barley became the staples of the first villages, and \
@@ -46,88 +59,235 @@ flours, and the old methods have come back: sourdough starters kept alive for de
 fermentation, and loaves baked on stone, much as they were thousands of years ago. What will the \
 bakers of the next century make of our bread? Perhaps they will"""
 
-
-def prompt_ids(tokenizer) -> list[int]:
-    ids = tokenizer.encode(TEXT * 2)
-    return ids[:PROMPT_TOKENS]
+# One run: (seconds until the first new token, seconds from the first new token to the last, tokens)
+Timing = tuple[float, float, list[int]]
 
 
-def time_lmlab(model, prompt: list[int], new_tokens: int) -> tuple[float, float, list[int]]:
-    config = GenerationConfig(max_new_tokens=new_tokens)
+def prompt_ids(tokenizer, n: int = PROMPT_TOKENS) -> list[int]:
+    ids = tokenizer.encode(TEXT * (1 + n // 250))
+    return ids[:n]
+
+
+def cpu_flags() -> str:
+    """Which of the CPU's vector / matrix extensions that matter for bf16 and int8 are present."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            present = set(next(line for line in f if line.startswith("flags")).split())
+    except (OSError, StopIteration):
+        return "unknown (no /proc/cpuinfo)"
+    return " ".join(f"{flag}:{'yes' if flag in present else 'no'}" for flag in CPU_FLAGS)
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def lmlab_runner(dtype: str, group_size: int, prompt: list[int], new_tokens: int) -> Callable[[int], Timing]:
+    """Load the embedded model in `dtype` (int8/int4: quantized on load); raise if lmlab cannot yet."""
+    if dtype in TORCH_DTYPES:
+        loaded = load_model(MODEL, dtype=TORCH_DTYPES[dtype], fuse=True)
+    else:
+        loaded = load_model(MODEL, dtype=dtype, group_size=group_size, fuse=True)
+    model = loaded.model
+    model.config.eos_token_id = None
+
+    def run(n: int = new_tokens) -> Timing:
+        stamps, tokens = [], []
+        start = time.perf_counter()
+        for delta in stream_generate(model, [prompt], GenerationConfig(max_new_tokens=n)):
+            stamps.append(time.perf_counter())
+            tokens.append(delta.token_id)
+        return stamps[0] - start, stamps[-1] - stamps[0], tokens
+
+    return run
+
+
+def transformers_runner(dtype: str, prompt: list[int], new_tokens: int, pad_id: int) -> Callable[[int], Timing]:
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+
+    class Stamps(transformers.generation.streamers.BaseStreamer):
+        """Time-stamps each call of `put`: once with the prompt, then once per new token."""
+
+        def __init__(self) -> None:
+            self.stamps: list[float] = []
+
+        def put(self, value) -> None:
+            self.stamps.append(time.perf_counter())
+
+        def end(self) -> None:
+            pass
+
+    gguf = embedded_path(MODEL)
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                              dtype=TORCH_DTYPES[dtype]).eval()
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = pad_id
+    ids = torch.tensor([prompt])
+
+    def run(n: int = new_tokens) -> Timing:
+        streamer = Stamps()
+        start = time.perf_counter()
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
+                             do_sample=False, streamer=streamer)
+        new = streamer.stamps[1:]
+        return new[0] - start, new[-1] - new[0], out[0, len(prompt):].tolist()
+
+    return run
+
+
+class LlamaCpp:
+    """llama.cpp (`llama-cpp-python`) on the embedded GGUF file, in a child process of its own: a crash
+    of the native library (or a missing install) is reported as an error instead of ending the run.
+
+    `call(function, *args)` runs a module-level function in the child with the loaded
+    `llama_cpp.Llama` as its first argument, and returns what it returns.
+    """
+
+    def __init__(self, threads: int, n_ctx: int) -> None:
+        import multiprocessing
+
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise ImportError("llama-cpp-python is not installed")
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_llama_cpp_child, args=(child, threads, n_ctx), daemon=True)
+        self.process.start()
+        self.call(_llama_cpp_ready)
+
+    def call(self, function: Callable, *args):
+        try:
+            self.conn.send((function, args))
+            status, value = self.conn.recv()
+        except (EOFError, BrokenPipeError, ConnectionResetError):
+            self.process.join()
+            raise RuntimeError(f"llama.cpp's process died (exit code {self.process.exitcode})") from None
+        if status == "error":
+            raise RuntimeError(f"llama.cpp: {value}")
+        return value
+
+    def close(self) -> None:
+        if self.process.is_alive():
+            self.conn.send(None)
+            self.process.join(10)
+
+
+def _llama_cpp_child(conn, threads: int, n_ctx: int) -> None:
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=str(embedded_path(MODEL)), n_threads=threads, n_threads_batch=threads,
+                          n_ctx=n_ctx, n_batch=512, verbose=False)
+    while (message := conn.recv()) is not None:
+        function, args = message
+        try:
+            conn.send(("ok", function(llm, *args)))
+        except Exception as error:  # reported to the parent, which decides
+            conn.send(("error", f"{type(error).__name__}: {error}"))
+
+
+def _llama_cpp_ready(llm) -> bool:
+    return True
+
+
+def llama_cpp_generate(llm, prompt: list[int], n: int) -> Timing:
+    """Greedy decoding of n tokens after the prompt, timed like the other runners."""
+    llm.reset()  # no prefix reuse from the previous round: the prompt is prefilled every time
     stamps, tokens = [], []
     start = time.perf_counter()
-    for delta in stream_generate(model, [prompt], config):
+    for token in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
         stamps.append(time.perf_counter())
-        tokens.append(delta.token_id)
-    return stamps[-1] - start, stamps[-1] - stamps[0], tokens
+        tokens.append(token)
+        if len(tokens) == n:
+            break
+    return stamps[0] - start, stamps[-1] - stamps[0], tokens
 
 
-class _Stamps(transformers.generation.streamers.BaseStreamer):
-    """Time-stamps each call of `put`: once with the prompt, then once per new token."""
-
-    def __init__(self) -> None:
-        self.stamps: list[float] = []
-
-    def put(self, value) -> None:
-        self.stamps.append(time.perf_counter())
-
-    def end(self) -> None:
-        pass
-
-
-def time_transformers(model, prompt: list[int], new_tokens: int) -> tuple[float, float, list[int]]:
-    ids = torch.tensor([prompt])
-    streamer = _Stamps()
-    start = time.perf_counter()
-    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                         do_sample=False, streamer=streamer)
-    end = time.perf_counter()
-    new = streamer.stamps[1:]
-    return end - start, new[-1] - new[0], out[0, len(prompt):].tolist()
+def llama_cpp_runner(threads: int, prompt: list[int], new_tokens: int) -> Callable[[int], Timing]:
+    llama = LlamaCpp(threads, len(prompt) + new_tokens + 16)
+    return lambda n=new_tokens: llama.call(llama_cpp_generate, prompt, n)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--prompt-tokens", type=int, default=PROMPT_TOKENS)
+    parser.add_argument("--group-size", type=int, default=64, help="int4 group size")
+    parser.add_argument("--runners", default=",".join(RUNNERS), help=f"comma-separated, from {', '.join(RUNNERS)}")
     args = parser.parse_args()
+    if args.new_tokens < 2:
+        parser.error("--new-tokens must be at least 2 (decode speed is timed from the first new token)")
     torch.set_num_threads(args.threads)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    print(f"load average before: {load_average()}")
+    print(f"CPU flags: {cpu_flags()}")
 
-    ours = load_model("smollm2-135m-instruct", dtype=dtype)
-    ours.model.config.eos_token_id = None
-    gguf = embedded_path("smollm2-135m-instruct")
-    theirs = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                               dtype=dtype).eval()
-    theirs.generation_config.eos_token_id = None
-    theirs.generation_config.pad_token_id = ours.tokenizer.pad_id
-    prompt = prompt_ids(ours.tokenizer)
-    print(f"SmolLM2-135M-Instruct, {args.dtype}, {len(prompt)}-token prompt, {args.new_tokens} greedy new tokens, "
-          f"batch 1, {args.threads} threads, torch {torch.__version__}, transformers {transformers.__version__}")
+    tokenizer = load_model(MODEL).tokenizer
+    prompt = prompt_ids(tokenizer, args.prompt_tokens)
+    print(f"SmolLM2-135M-Instruct, {len(prompt)}-token prompt, {args.new_tokens} greedy new tokens, batch 1, "
+          f"{args.threads} threads, torch {torch.__version__}")
+    runners: dict[str, Callable[[int], Timing]] = {}
+    for name in args.runners.split(","):
+        family, _, dtype = name.partition("-")
+        try:
+            if family == "lmlab":
+                runners[name] = lmlab_runner(dtype, args.group_size, prompt, args.new_tokens)
+            elif family == "transformers":
+                runners[name] = transformers_runner(dtype, prompt, args.new_tokens, tokenizer.pad_id or 0)
+            elif name == "llama.cpp":
+                runners[name] = llama_cpp_runner(args.threads, prompt, args.new_tokens)
+            else:
+                parser.error(f"unknown runner {name!r}: choose from {', '.join(RUNNERS)}")
+        except ImportError as error:  # llama-cpp-python is an optional extra
+            print(f"skipped {name}: {error} (pip install 'lmlab[bench]')")
+        except (TypeError, LmlabError) as error:  # load_model does not take this dtype (yet)
+            if dtype in TORCH_DTYPES:
+                raise
+            print(f"skipped {name}: load_model(..., dtype={dtype!r}) is not available: {error}")
+    for name, run in list(runners.items()):  # warm-up: first-call allocations and kernel selection
+        try:
+            run(4)
+        except RuntimeError as error:  # llama.cpp's native library failed
+            print(f"skipped {name}: {error}")
+            del runners[name]
 
-    runners = {"lmlab": lambda: time_lmlab(ours.model, prompt, args.new_tokens),
-               "transformers": lambda: time_transformers(theirs, prompt, args.new_tokens)}
-    time_lmlab(ours.model, prompt, 4)  # warm-up: first-call allocations and kernel selection
-    time_transformers(theirs, prompt, 4)
-    with_prefill = {name: [] for name in runners}
-    decoding = {name: [] for name in runners}
-    tokens = {}
+    prefill = {name: [] for name in runners}
+    decode = {name: [] for name in runners}
+    tokens: dict[str, list[int]] = {}
     for r in range(args.rounds):
         for name, run in runners.items():
-            total, loop, tokens[name] = run()
-            assert len(tokens[name]) == args.new_tokens
-            with_prefill[name].append(args.new_tokens / total)
-            decoding[name].append((args.new_tokens - 1) / loop)
-            print(f"round {r + 1}  {name:>12}: {with_prefill[name][-1]:6.1f} tokens/s with prefill, "
-                  f"{decoding[name][-1]:6.1f} tokens/s decoding ({total:.2f} s)")
-    print()
-    for label, figures in (("with prefill", with_prefill), ("decoding", decoding)):
-        mine, ref = statistics.median(figures["lmlab"]), statistics.median(figures["transformers"])
-        print(f"median tokens/s {label:>12}: lmlab {mine:6.1f}   transformers {ref:6.1f}   ratio {mine / ref:.2f}")
-    same = tokens["lmlab"] == tokens["transformers"]
-    print(f"same {args.new_tokens} tokens: {'yes' if same else 'no'}")
+            first, loop, tokens[name] = run(args.new_tokens)
+            assert len(tokens[name]) == args.new_tokens, (name, len(tokens[name]))
+            prefill[name].append(len(prompt) / first)
+            decode[name].append((args.new_tokens - 1) / loop)
+            print(f"round {r + 1}  {name:>17}: prefill {prefill[name][-1]:7.1f} tok/s   "
+                  f"decode {decode[name][-1]:6.1f} tok/s")
+
+    median = {name: (statistics.median(prefill[name]), statistics.median(decode[name])) for name in runners}
+    print(f"\nmedians over {args.rounds} rounds")
+    print(f"{'runner':>17}  {'prefill tok/s':>13}  {'decode tok/s':>12}")
+    for name, (p, d) in median.items():
+        print(f"{name:>17}  {p:13.1f}  {d:12.1f}")
+
+    print("\nratios (above 1: lmlab is faster)")
+    for mine, ref, target in (("lmlab-int4", "llama.cpp", 1.0), ("lmlab-int8", "llama.cpp", 0.8),
+                              ("lmlab-fp32", "transformers-fp32", 1.3), ("lmlab-bf16", "transformers-bf16", 1.3)):
+        if mine in median and ref in median:
+            ratio = median[mine][1] / median[ref][1]
+            print(f"decode {mine} / {ref}: {ratio:.2f} (target >= {target})")
+        else:
+            print(f"decode {mine} / {ref}: not measured ({mine if mine not in median else ref} skipped)")
+    ours = {name: p for name, (p, _) in median.items() if name.startswith("lmlab")}
+    if ours and "llama.cpp" in median:
+        best = max(ours, key=ours.get)
+        print(f"prefill best lmlab ({best}) / llama.cpp: {ours[best] / median['llama.cpp'][0]:.2f} (target >= 1.0)")
+    for dtype in TORCH_DTYPES:
+        mine, ref = f"lmlab-{dtype}", f"transformers-{dtype}"
+        if mine in tokens and ref in tokens:
+            print(f"same {args.new_tokens} tokens, lmlab and transformers {dtype}: "
+                  f"{'yes' if tokens[mine] == tokens[ref] else 'no'}")
+    print(f"load average after: {load_average()}")
 
 
 if __name__ == "__main__":

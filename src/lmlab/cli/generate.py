@@ -121,7 +121,7 @@ def generation_config(args: argparse.Namespace) -> GenerationConfig:
 
 
 def load(args: argparse.Namespace) -> LoadedModel:
-    return load_model(args.model, dtype=args.dtype, group_size=args.group_size)
+    return load_model(args.model, dtype=args.dtype, group_size=args.group_size, fuse=True)
 
 
 def _read_prompts(args: argparse.Namespace) -> list[str]:

@@ -25,6 +25,7 @@ from lmlab.hub.checkpoint import (LMLAB_CONFIG, build_model, is_hf_folder, is_lm
                                   read_hf_config)
 from lmlab.hub.convert import config_from_hf
 from lmlab.models import Transformer
+from lmlab.models.fusion import fuse_projections
 from lmlab.planning.limits import check_fits
 from lmlab.planning.memory import count_parameters
 from lmlab.quantization.weight_format import WeightFormat
@@ -133,7 +134,7 @@ def resolve_config(reference: str) -> ModelConfig:
 
 
 def load_model(reference: str = DEFAULT_MODEL, dtype: str | torch.dtype = torch.float32, seed: int = 0,
-               head: str | None = None, group_size: int | None = None) -> LoadedModel:
+               head: str | None = None, group_size: int | None = None, fuse: bool = False) -> LoadedModel:
     """Load any model reference as an lmlab Transformer in eval mode, with its tokenizer.
 
     `dtype` is fp32 or bf16 (a name or a torch dtype), or int8 / int4: the weights are quantized on load
@@ -141,6 +142,9 @@ def load_model(reference: str = DEFAULT_MODEL, dtype: str | torch.dtype = torch.
     low-bit CPU kernels (lmlab.quantization.weight_format). A quantized checkpoint keeps the format it
     was written in (then `dtype` must name it, or fp32 / bf16 for the activations); a GGUF file keeps
     its Q4_0 / Q4_1 blocks as int4 and its Q8_0 ones as int8 where `dtype` asks for those bits.
+
+    `fuse` fuses the q/k/v and gate/up projections for inference, before quantizing (lmlab.models.fusion;
+    the state_dict keys stay the checkpoint's); leave it off for a model you will train or wrap with LoRA.
     """
     weights = WeightFormat.parse(dtype, group_size)
     kind, path = _locate(reference)
@@ -149,7 +153,7 @@ def load_model(reference: str = DEFAULT_MODEL, dtype: str | torch.dtype = torch.
         check_fits(f"the {reference} preset ({count_parameters(config):,} fp32 weights)", 4 * count_parameters(config),
                    "`lmlab inspect params` and `lmlab plan memory` describe it without building it")
         model = Transformer(config).init_weights(seed=seed).to(weights.compute_dtype).eval()
-        return LoadedModel(_quantize(model, weights, reference), None, reference,
+        return LoadedModel(_quantize(model, weights, reference, fuse), None, reference,
                            f"preset {reference} (random weights, seed {seed})")
     if path.suffix == ".gguf":
         from lmlab.hub.gguf import config_from_gguf, open_gguf, state_dict_from_gguf
@@ -158,23 +162,28 @@ def load_model(reference: str = DEFAULT_MODEL, dtype: str | torch.dtype = torch.
         reader = open_gguf(path)
         config = config_from_gguf(reader)
         model = build_model(config, state_dict_from_gguf(reader, config), str(path), weights.compute_dtype)
-        return LoadedModel(_quantize(model, weights, reference), tokenizer_from_gguf(reader), reference,
+        return LoadedModel(_quantize(model, weights, reference, fuse), tokenizer_from_gguf(reader), reference,
                            f"GGUF file {path}")
     if kind == "lmlab":
         if (path / "quantization.json").is_file():
             from lmlab.quantization.checkpoint import load_quantized
 
             model = load_quantized(path, weights.compute_dtype, expected=weights.spec)
+            if fuse:  # the layers left in floating point
+                fuse_projections(model)
             return LoadedModel(model, _tokenizer_or_none(path), reference, f"quantized lmlab checkpoint {path}")
-        return LoadedModel(_quantize(load_checkpoint(path, weights.compute_dtype), weights, reference),
+        return LoadedModel(_quantize(load_checkpoint(path, weights.compute_dtype), weights, reference, fuse),
                            _tokenizer_or_none(path), reference, f"lmlab checkpoint {path}")
     model = load_hf_folder(path, weights.compute_dtype, head=head)
-    return LoadedModel(_quantize(model, weights, reference), _tokenizer_or_none(path), reference,
+    return LoadedModel(_quantize(model, weights, reference, fuse), _tokenizer_or_none(path), reference,
                        f"Hugging Face folder {path}")
 
 
-def _quantize(model: Transformer, weights: WeightFormat, reference: str) -> Transformer:
-    """Quantize-on-load: every nn.Linear (fused ones included), the token embedding and the LM head."""
+def _quantize(model: Transformer, weights: WeightFormat, reference: str, fuse: bool) -> Transformer:
+    """Fuse the projections (when asked), then quantize-on-load: every nn.Linear (fused ones included),
+    the token embedding and the LM head."""
+    if fuse:
+        fuse_projections(model)
     if weights.spec is None:
         return model
     from lmlab.quantization.quantized_linear import quantize_model

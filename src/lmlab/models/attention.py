@@ -82,6 +82,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(config.d_model, inner_kv, bias=config.bias)
         self.v_proj = nn.Linear(config.d_model, inner_kv, bias=config.bias)
         self.o_proj = nn.Linear(inner_q, config.d_model, bias=config.bias)
+        self.qkv_proj: nn.Linear | None = None  # q, k and v in one layer, once lmlab.models.fusion has fused them
 
     def _heads(self, x: torch.Tensor, n_head: int) -> torch.Tensor:
         batch, length, _ = x.shape
@@ -104,6 +105,18 @@ class Attention(nn.Module):
                 k, v = cache.update(layer, k, v)
         return k, v
 
+    def _fused_queries_keys_values(
+        self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v from one product with the fused weights; the queries and keys rotated together."""
+        batch, length, _ = x.shape
+        heads = self.qkv_proj(x).view(batch, length, -1, self.d_head).transpose(1, 2)
+        n_qk = self.n_head + self.n_kv_head
+        qk = heads[:, :n_qk]
+        if rotary is not None:
+            qk = apply_rotary(qk, *rotary)
+        return qk[:, : self.n_head], qk[:, self.n_head :], heads[:, n_qk:]
+
     def forward(
         self,
         x: torch.Tensor,
@@ -115,10 +128,15 @@ class Attention(nn.Module):
         layer: int = 0,
         need_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        q = self._heads(self.q_proj(x), self.n_head)
-        if rotary is not None:
-            q = apply_rotary(q, *rotary)
-        k, v = self._keys_values(memory if self.cross else x, rotary, cache, layer)
+        if self.qkv_proj is not None:
+            q, k, v = self._fused_queries_keys_values(x, rotary)
+            if cache is not None:
+                k, v = cache.update(layer, k, v)
+        else:
+            q = self._heads(self.q_proj(x), self.n_head)
+            if rotary is not None:
+                q = apply_rotary(q, *rotary)
+            k, v = self._keys_values(memory if self.cross else x, rotary, cache, layer)
         if need_weights:
             group = self.n_head // self.n_kv_head
             k_full = k.repeat_interleave(group, dim=1)

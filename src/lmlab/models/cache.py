@@ -135,8 +135,11 @@ class SlotCache:
             raise ValueError(f"slot holds {self.capacity} positions, {self._n_keys} requested")
         starts = torch.tensor(lengths, device=self.device)
         self.positions = starts[:, None]
-        self._write_at = starts
-        self._write_rows = torch.arange(n_rows, device=self.device)
+        if n_rows == 1:  # one row writes a slice, no scatter
+            self._write_at = lengths[0]
+        else:
+            self._write_at = starts
+            self._write_rows = torch.arange(n_rows, device=self.device)
         self.is_causal = False
         self.mask = None
         if min(lengths) + 1 < self._n_keys:

@@ -31,13 +31,22 @@ class FeedForward(nn.Module):
         self.up = nn.Linear(config.d_model, config.d_ff, bias=config.bias)
         self.gate = nn.Linear(config.d_model, config.d_ff, bias=config.bias) if config.gated else None
         self.down = nn.Linear(config.d_ff, config.d_model, bias=config.bias)
+        self.gate_up: nn.Linear | None = None  # gate and up in one layer, once lmlab.models.fusion has fused them
         self.act = activation_fn(config.activation)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gate is not None:
+        if self.gate_up is not None:
+            gate, up = self.gate_up(x).chunk(2, dim=-1)
+            hidden = self.act(gate) * up
+        elif self.gate is not None:
             hidden = self.act(self.gate(x)) * self.up(x)
         else:
             hidden = self.act(self.up(x))
         return self.down(self.dropout(hidden))
 
+
+
+def dropout(p: float) -> nn.Module:
+    """Dropout with probability p; with p = 0 an identity, which costs nothing per call."""
+    return nn.Dropout(p) if p > 0 else nn.Identity()

@@ -20,7 +20,7 @@ from torch import nn
 from lmlab.config import ModelConfig
 from lmlab.models.attention import Attention, additive_mask
 from lmlab.models.cache import KVCache, SlotCache
-from lmlab.models.feedforward import FeedForward
+from lmlab.models.feedforward import FeedForward, dropout
 from lmlab.models.heads import PER_POSITION_HEADS, make_head
 from lmlab.models.norms import make_norm
 from lmlab.models.positions import RelativePositionBias, RotaryEmbedding, SinusoidalPositions
@@ -53,7 +53,7 @@ class Block(nn.Module):
         self.cross_attn = Attention(config, cross=True) if cross else None
         self.ffn_norm = make_norm(config)
         self.ffn = FeedForward(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = dropout(config.dropout)
 
     def _sublayer(self, x: torch.Tensor, norm: nn.Module, fn, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.pre_norm:
@@ -110,7 +110,7 @@ class Stack(nn.Module):
         )
         self.type_emb = nn.Embedding(config.type_vocab_size, config.d_model) if config.type_vocab_size else None
         self.emb_norm = make_norm(config) if config.embedding_norm else None
-        self.emb_dropout = nn.Dropout(config.dropout)
+        self.emb_dropout = dropout(config.dropout)
         self.layers = nn.ModuleList(Block(config, cross) for _ in range(n_layer))
         self.final_norm = make_norm(config) if config.norm_position == "pre" else None
 

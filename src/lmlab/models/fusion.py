@@ -1,0 +1,77 @@
+"""Fused projections for inference: one matrix product where the model does several on the same input.
+
+An attention layer's query, key and value projections all read the same normed hidden state, and
+so do the gate and up projections of a gated feed-forward block (SwiGLU). Stacking their weights
+row-wise gives one linear layer whose output splits into the separate results, exactly:
+[W_q; W_k; W_v] x = [W_q x; W_k x; W_v x]. Decoding one token then makes one call instead of three
+(or two), with one output buffer and one pass over the input, and the rotary rotation of the
+queries and keys runs once on both.
+
+`fuse_projections` swaps the layers in place, at load or inference time only: the fused model's
+state_dict still has the separate keys (q_proj, k_proj, v_proj, gate, up), split from the fused
+weights, and loading a state_dict with those keys fills the fused layers, so checkpoints keep their
+format. Fuse before quantizing: a quantizer that replaces nn.Linear layers then quantizes the fused
+ones (their state_dict keys are the quantizer's affair).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lmlab.models.attention import Attention
+from lmlab.models.feedforward import FeedForward
+
+# (layer class, fused layer name, the separate layers it replaces)
+FUSIONS = ((Attention, "qkv_proj", ("q_proj", "k_proj", "v_proj")), (FeedForward, "gate_up", ("gate", "up")))
+
+
+def fuse_projections(model: nn.Module) -> int:
+    """Fuse every self-attention's q/k/v and every gated feed-forward's gate/up that are plain nn.Linear
+    layers (not quantized, not LoRA-wrapped); return how many layers were fused."""
+    fused = 0
+    for module in model.modules():
+        for kind, name, parts in FUSIONS:
+            if not isinstance(module, kind) or getattr(module, name) is not None:
+                continue
+            layers = [getattr(module, part, None) for part in parts]
+            if not all(type(layer) is nn.Linear for layer in layers):
+                continue
+            setattr(module, name, _stack(layers))
+            for part in parts:
+                delattr(module, part)
+            module.register_state_dict_post_hook(_split_keys(name, parts, [l.out_features for l in layers]))
+            module.register_load_state_dict_pre_hook(_join_keys(name, parts))
+            fused += 1
+    return fused
+
+
+def _stack(layers: list[nn.Linear]) -> nn.Linear:
+    first = layers[0]
+    bias = first.bias is not None
+    out = nn.Linear(first.in_features, sum(l.out_features for l in layers), bias=bias, device="meta")
+    out.weight = nn.Parameter(torch.cat([l.weight.detach() for l in layers]), requires_grad=first.weight.requires_grad)
+    if bias:
+        out.bias = nn.Parameter(torch.cat([l.bias.detach() for l in layers]), requires_grad=first.bias.requires_grad)
+    return out
+
+
+def _split_keys(name: str, parts: tuple[str, ...], sizes: list[int]):
+    def hook(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+        if type(getattr(module, name)) is not nn.Linear:
+            return
+        for kind in ("weight", "bias"):
+            key = f"{prefix}{name}.{kind}"
+            if key in state_dict:
+                for part, piece in zip(parts, state_dict.pop(key).split(sizes)):
+                    state_dict[f"{prefix}{part}.{kind}"] = piece.clone()
+    return hook
+
+
+def _join_keys(name: str, parts: tuple[str, ...]):
+    def hook(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+        for kind in ("weight", "bias"):
+            keys = [f"{prefix}{part}.{kind}" for part in parts]
+            if all(key in state_dict for key in keys):
+                state_dict[f"{prefix}{name}.{kind}"] = torch.cat([state_dict.pop(key) for key in keys])
+    return hook
