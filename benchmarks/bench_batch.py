@@ -144,7 +144,8 @@ def main() -> None:
     if args.dtype in TORCH_DTYPES:
         loaded = load_model(MODEL, dtype=TORCH_DTYPES[args.dtype], fuse=True)
     else:
-        loaded = load_model(MODEL, dtype=args.dtype, group_size=args.group_size, fuse=True)
+        loaded = load_model(MODEL, dtype=args.dtype, group_size=args.group_size if args.dtype == "int4" else None,
+                            fuse=True)
     loaded.model.config.eos_token_id = None
     workload = make_workload(loaded.tokenizer, args.requests, args.new_tokens, args.rate, args.seed,
                              (args.min_prompt, args.max_prompt))

@@ -87,7 +87,7 @@ def lmlab_runner(dtype: str, group_size: int, prompt: list[int], new_tokens: int
     if dtype in TORCH_DTYPES:
         loaded = load_model(MODEL, dtype=TORCH_DTYPES[dtype], fuse=True)
     else:
-        loaded = load_model(MODEL, dtype=dtype, group_size=group_size, fuse=True)
+        loaded = load_model(MODEL, dtype=dtype, group_size=group_size if dtype == "int4" else None, fuse=True)
     model = loaded.model
     model.config.eos_token_id = None
 
@@ -277,7 +277,7 @@ def main() -> None:
             ratio = median[mine][1] / median[ref][1]
             print(f"decode {mine} / {ref}: {ratio:.2f} (target >= {target})")
         else:
-            print(f"decode {mine} / {ref}: not measured ({mine if mine not in median else ref} skipped)")
+            print(f"decode {mine} / {ref}: not measured ({mine if mine not in median else ref} did not run)")
     ours = {name: p for name, (p, _) in median.items() if name.startswith("lmlab")}
     if ours and "llama.cpp" in median:
         best = max(ours, key=ours.get)

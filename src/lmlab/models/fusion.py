@@ -37,13 +37,20 @@ def fuse_projections(model: nn.Module) -> int:
             layers = [getattr(module, part, None) for part in parts]
             if not all(type(layer) is nn.Linear for layer in layers):
                 continue
-            setattr(module, name, _stack(layers))
-            for part in parts:
-                delattr(module, part)
+            _replace(module, parts, name, _stack(layers))
             module.register_state_dict_post_hook(_split_keys(name, parts, [l.out_features for l in layers]))
             module.register_load_state_dict_pre_hook(_join_keys(name, parts))
             fused += 1
     return fused
+
+
+def _replace(module: nn.Module, parts: tuple[str, ...], name: str, fused: nn.Linear) -> None:
+    """Put `fused` where the first of `parts` was (so the model prints, and iterates, in the same order)
+    and drop the parts."""
+    setattr(module, name, fused)
+    children = [(key, child) for key, child in module._modules.items() if key != name and key not in parts[1:]]
+    module._modules.clear()
+    module._modules.update((name, fused) if key == parts[0] else (key, child) for key, child in children)
 
 
 def _stack(layers: list[nn.Linear]) -> nn.Linear:
