@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+from lmlab.cli.main import main
 from lmlab.errors import LmlabError
 from lmlab.io import TEMP_TAG, stage_folder
 from lmlab.training.run_lock import LOCK_FILE, is_lock_file, lock_run, rank_lock_file
@@ -125,13 +126,28 @@ def test_one_more_bad_step_than_allowed_stops_the_run(char_data, tmp_path):
         poisoned_trainer(char_data, tmp_path / "run", {5, 6}, skip_nonfinite=1).train()
 
 
+def run_files(run) -> dict:
+    """Every file of a run folder with its time and bytes (the lock files aside: they say who holds the run)."""
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in run.rglob("*") if p.is_file() and not is_lock_file(p.name)}
+
+
+def test_resuming_a_finished_run_from_the_cli_says_so_and_changes_nothing(char_data, tmp_path, capsys):
+    argv = ["pretrain", "--data", str(char_data.path), "--out", str(tmp_path / "run"), "--steps", "2",
+            "--batch-size", "4", "--eval-every", "2", "--eval-batches", "1", "--no-progress"]
+    assert main(argv) == 0
+    files = run_files(tmp_path / "run")
+    for steps in ("2", "1"):
+        capsys.readouterr()
+        assert main([*argv[:argv.index("--steps") + 1], steps, *argv[argv.index("--steps") + 2:], "--resume"]) == 0
+        assert "is finished: it reached step 2" in capsys.readouterr().out
+        assert run_files(tmp_path / "run") == files
+
+
 def test_resuming_a_finished_run_changes_nothing(char_data, tmp_path):
     make_trainer(char_data, tmp_path / "run", "decoder", steps=4).train()
-    files = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (tmp_path / "run").rglob("*")
-             if p.is_file() and not is_lock_file(p.name)}  # the lock files say who holds the run, not what it is
+    files = run_files(tmp_path / "run")
     for steps in (4, 2):
         result = make_trainer(char_data, tmp_path / "run", "decoder", resume=True, steps=steps).train()
         assert result.already_done and result.steps == 4 and result.model_dir == tmp_path / "run" / "model"
         assert result.train_loss == strict_json_lines(tmp_path / "run" / "metrics.jsonl")[-1]["loss"]
-        assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files} == files
-    assert {p for p in (tmp_path / "run").rglob("*") if p.is_file() and not is_lock_file(p.name)} == set(files)
+        assert run_files(tmp_path / "run") == files

@@ -253,7 +253,7 @@ def pretrain(settings: PretrainSettings, env: DistEnv | None = None,
         raise
     try:
         result = trainer.train()
-        if env.is_main and result.model_dir is not None:
+        if env.is_main and result.model_dir is not None and not result.already_done:
             write_model_card(result.model_dir, _card_facts(settings, model, trainer, result, sources, env))
         return result
     finally:
