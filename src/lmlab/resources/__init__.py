@@ -14,11 +14,11 @@ into a folder: the files the README's tour reads.
 from __future__ import annotations
 
 import json
-import os
 from importlib import resources
 from pathlib import Path
 
 from lmlab.errors import LmlabError, did_you_mean
+from lmlab.io import write_text
 
 
 def resource_path(name: str) -> Path:
@@ -64,9 +64,7 @@ def write_examples(out: str | Path) -> tuple[list[Path], list[Path]]:
             continue
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, path)
+            write_text(path, text)
         except OSError as err:
             raise LmlabError(f"cannot write {path}: {err.strerror or err}") from None
         written.append(path)
