@@ -119,8 +119,8 @@ def check(name: str, reference: str, chat: bool, out: Path, threads: int, ppl_te
              f"  lmlab fp32                      perplexity {math.exp(nll_lmlab(model, ppl_ids)):.4f}"]
     for outtype in ("f32", "f16", "q8_0", "q4_0"):
         if outtype in QUANTIZED and model.config.d_model < 256:
-            lines.append(f"  {outtype:5} not run: llama-cpp-python 0.3.36 crashes (SIGSEGV) evaluating q8_0 and q4_0 files of "
-                         "these 64-wide tiny models on this CPU (AVX-512/AMX kernels); measured on SmolLM2 below")
+            lines.append(f"  {outtype:5} not run: llama-cpp-python 0.3.36 crashes (SIGSEGV) evaluating q8_0 and q4_0 "
+                         "files of these 64-wide tiny models on this CPU; measured on SmolLM2 below")
             continue
         try:
             path = export_model(reference, out / f"{name}-{outtype}", "gguf", outtype, overwrite=True)
