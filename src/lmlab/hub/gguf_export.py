@@ -187,7 +187,8 @@ def gguf_tokenizer(tokenizer: Tokenizer, vocab_size: int) -> GgufTokenizer:
     probe = tokenizer.encode("a", add_special_tokens=True)
     plain = tokenizer.encode("a")
     return GgufTokenizer(
-        tokens=tokens, token_types=[int(t) for t in types], merges=merges, pre=_pre_tokenizer_name(spec.get("pre_tokenizer")),
+        tokens=tokens, token_types=[int(t) for t in types], merges=merges,
+        pre=_pre_tokenizer_name(spec.get("pre_tokenizer")),
         special_ids={role: i for role, i in roles.items() if i is not None},
         add_bos=len(probe) > len(plain) and probe[0] == roles["bos"],
         add_eos=len(probe) > len(plain) and probe[-1] == roles["eos"],

@@ -272,7 +272,8 @@ def _card_facts(settings: PretrainSettings, model: Transformer, trainer: Trainer
                    EvalResult("perplexity", result.val_perplexity, ", ".join(data))]
     train = settings.train
     hyper = {"sequence length": trainer.seq_len, "batch size (sequences)": train.batch_size, "peak lr": train.lr,
-             "warmup steps": train.warmup, "weight decay": train.weight_decay, "betas": f"({train.beta1}, {train.beta2})",
+             "warmup steps": train.warmup, "weight decay": train.weight_decay,
+             "betas": f"({train.beta1}, {train.beta2})",
              "dtype": train.dtype, "seed": train.seed}
     tokens = result.history[-1].get("tokens") if result.history else result.tokens
     return run_card_facts(Path(settings.out).name, model.config, sum(p.numel() for p in model.parameters()),
