@@ -11,8 +11,9 @@ Every variant is written to disk with lmlab's own writer (fp32: `save_checkpoint
 
 Variants: fp32; bf16 computing in bf16, and bf16 / fp16 weights computing in fp32 (what a default
 fp32 load of those checkpoints runs); int8 absmax and zero-point at tensor, channel and group (128)
-granularity, dequantized on the fly in fp32; int8 absmax per channel with bf16 activations (PyTorch's
-int8 weight-only kernel); int8 absmax per channel with the embedding and tied head left in fp32. The
+granularity (tensor and channel on PyTorch's int8 weight-only kernel, group dequantized on the fly);
+int8 absmax per channel with bf16 activations; int8 absmax per channel with the embedding and tied head
+left in fp32; int4 in groups of 32 and 64 (PyTorch's int4 kernel; embedding and head int8). The
 reference is PyTorch's own dynamic int8 quantization of the same model's linear layers
 (torch.ao.quantization.quantize_dynamic, per-channel weights, activations quantized per batch), measured
 in the same run (it has no safetensors file).
@@ -37,6 +38,7 @@ from lmlab.hub.checkpoint import load_checkpoint, save_checkpoint
 from lmlab.hub.resolve import load_model
 from lmlab.models import Transformer
 from lmlab.quantization.checkpoint import load_quantized, save_quantized
+from lmlab.quantization.int4 import Int4Spec
 from lmlab.quantization.quantized_linear import quantize_model
 from lmlab.quantization.recipe import tensor_bytes
 from lmlab.quantization.schemes import QuantSpec
@@ -81,6 +83,8 @@ VARIANTS = [
     Variant("int8 absmax channel, bf16 act.", int8("absmax", "channel"),
             lambda f: load_quantized(f, torch.bfloat16)),
     Variant("int8 absmax channel, fp32 emb.", int8("absmax", "channel", False), lambda f: load_quantized(f)),
+    *[Variant(f"int4 groups of {group}", lambda m, g=group: quantize_model(m, Int4Spec(g)), lambda f: load_quantized(f))
+      for group in (32, 64)],
 ]
 
 

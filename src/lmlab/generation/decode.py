@@ -111,7 +111,7 @@ def stream_generate(
     pad_id = padding_id(model, tokenizer)
     generator = None
     if config.seed is not None:
-        generator = torch.Generator(model.tok_emb.weight.device).manual_seed(config.seed)
+        generator = torch.Generator(model.device).manual_seed(config.seed)
     runner = make_runner(model, rows, pad_id, max_new)
     sampler = _Sampler(runner, config, generator)
     texts = [IncrementalText(tokenizer, config.stop) for _ in rows]

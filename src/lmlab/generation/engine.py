@@ -182,7 +182,7 @@ class Engine:
                              f"not {max_len}")
         self.model, self.tokenizer = model, tokenizer
         self.max_len, self.prefill_chunk = max_len, prefill_chunk
-        self.device = model.tok_emb.weight.device
+        self.device = model.device
         self.cache = model.new_slot_cache(slots, max_len)
         self._eos = end_of_sequence_ids(model, tokenizer)
         self._pad = padding_id(model, tokenizer)

@@ -137,7 +137,7 @@ class CausalDecoder:
     def __init__(self, model: Transformer, rows: list[list[int]], pad_id: int, max_new: int) -> None:
         self.model = model
         length = max(len(row) for row in rows)
-        device = model.tok_emb.weight.device
+        device = model.device
         self.input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long, device=device)
         self.mask = torch.ones(len(rows), length + max_new, dtype=torch.long, device=device)
         for b, row in enumerate(rows):
@@ -180,7 +180,7 @@ class EncoderDecoder:
     def __init__(self, model: Transformer, rows: list[list[int]], pad_id: int, max_new: int) -> None:
         self.model = model
         length = max(len(row) for row in rows)
-        device = model.tok_emb.weight.device
+        device = model.device
         self.input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long, device=device)
         mask = torch.zeros_like(self.input_ids)
         for b, row in enumerate(rows):

@@ -12,6 +12,8 @@ A reference is, in the order tried:
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import importlib.util
 import re
 from dataclasses import dataclass
@@ -147,6 +149,12 @@ def load_model(reference: str = DEFAULT_MODEL, dtype: str | torch.dtype = torch.
     the state_dict keys stay the checkpoint's); leave it off for a model you will train or wrap with LoRA.
     """
     weights = WeightFormat.parse(dtype, group_size)
+    loaded = _load(reference, weights, seed, head, fuse)
+    release_freed_memory()
+    return loaded
+
+
+def _load(reference: str, weights: WeightFormat, seed: int, head: str | None, fuse: bool) -> LoadedModel:
     kind, path = _locate(reference)
     if kind == "preset":
         config = get_preset(reference)
@@ -156,14 +164,17 @@ def load_model(reference: str = DEFAULT_MODEL, dtype: str | torch.dtype = torch.
         return LoadedModel(_quantize(model, weights, reference, fuse), None, reference,
                            f"preset {reference} (random weights, seed {seed})")
     if path.suffix == ".gguf":
-        from lmlab.hub.gguf import config_from_gguf, open_gguf, state_dict_from_gguf
+        from lmlab.hub.gguf import config_from_gguf, model_from_gguf, open_gguf, state_dict_from_gguf
         from lmlab.tokenizers import tokenizer_from_gguf
 
         reader = open_gguf(path)
         config = config_from_gguf(reader)
-        model = build_model(config, state_dict_from_gguf(reader, config), str(path), weights.compute_dtype)
-        return LoadedModel(_quantize(model, weights, reference, fuse), tokenizer_from_gguf(reader), reference,
-                           f"GGUF file {path}")
+        if weights.spec is None or fuse:  # fusing needs float layers: dequantize, fuse, then quantize
+            model = build_model(config, state_dict_from_gguf(reader, config), str(path), weights.compute_dtype)
+            model = _quantize(model, weights, reference, fuse)
+        else:
+            model = model_from_gguf(reader, config, weights.spec)
+        return LoadedModel(model, tokenizer_from_gguf(reader), reference, f"GGUF file {path}")
     if kind == "lmlab":
         if (path / "quantization.json").is_file():
             from lmlab.quantization.checkpoint import load_quantized
@@ -177,6 +188,20 @@ def load_model(reference: str = DEFAULT_MODEL, dtype: str | torch.dtype = torch.
     model = load_hf_folder(path, weights.compute_dtype, head=head)
     return LoadedModel(_quantize(model, weights, reference, fuse), _tokenizer_or_none(path), reference,
                        f"Hugging Face folder {path}")
+
+
+def release_freed_memory() -> None:
+    """Hand the heap memory freed after loading back to the system (glibc's malloc_trim; elsewhere nothing).
+
+    Loading makes large temporary tensors (a dequantized GGUF matrix, float weights before quantizing)
+    that glibc keeps in the process after they are freed; a low-bit model would otherwise stay several
+    times its size in resident memory (benchmarks/bench_load_memory.py measures it).
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _quantize(model: Transformer, weights: WeightFormat, reference: str, fuse: bool) -> Transformer:

@@ -11,6 +11,7 @@ also cross-attends to the encoder's output.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -231,6 +232,12 @@ class Transformer(nn.Module):
             if hasattr(module, "make_buffers"):
                 module.make_buffers(device)
         return self
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's tensors are (from its first tensor: reading a quantized table's `.weight`
+        would dequantize it)."""
+        return next(itertools.chain(self.parameters(), self.buffers())).device
 
     def new_cache(self, batch_size: int, max_len: int, dtype: torch.dtype | None = None) -> KVCache:
         """An empty KV cache for the decoder, sized for max_len positions."""

@@ -8,7 +8,8 @@
                         int4: `<layer>.qweight` (uint8 [out, in / 2], two codes
                         per byte, low nibble first), `<layer>.scale` and
                         `<layer>.offset` (bf16 [out, in / group size]): the
-                        portable layout of int4.py, packed for the kernel on load.
+                        portable layout of int4.py, packed for the kernel on load;
+                        the embedding and LM head as int8 per channel.
                         fp16 / bf16: the usual weights, cast to that dtype.
     quantization.json   {"dtype": "int8", "scheme": ..., "granularity": ...,
                         "group_size": ..., "include_embeddings": ...},
@@ -35,8 +36,9 @@ from lmlab.errors import LmlabError, did_you_mean
 from lmlab.hub.checkpoint import LMLAB_CONFIG, WEIGHTS, load_checkpoint, read_safetensors, write_checkpoint
 from lmlab.io import MODEL_KIND, replace_folder, save_safetensors, write_json
 from lmlab.models import Transformer
-from lmlab.quantization.int4 import Int4Embedding, Int4Linear, Int4Spec, TiedInt4Linear
-from lmlab.quantization.quantized_linear import (Int8Matrix, QuantizedEmbedding, is_tied, quantize_model,
+from lmlab.quantization.int4 import Int4Linear, Int4Spec
+from lmlab.quantization.quantized_linear import (INT8_CHANNEL, Int8Matrix, QuantizedEmbedding, QuantizedLinear,
+                                                 TiedQuantizedLinear, is_tied, lm_head_projection, quantize_model,
                                                  swap_layers)
 from lmlab.quantization.schemes import QuantSpec
 
@@ -92,12 +94,13 @@ def is_quantized_checkpoint(folder: Path) -> bool:
 
 def quantization_of(model: Transformer) -> QuantizationConfig:
     """The QuantizationConfig that describes a model quantized in memory (or cast to fp16 / bf16)."""
+    embeddings = isinstance(model.tok_emb, QuantizedEmbedding)
+    layers = [m for m in model.modules() if isinstance(m, Int4Linear)]
+    if layers:  # int4, with int8 embeddings
+        return QuantizationConfig("int4", Int4Spec(layers[0].group_size), embeddings)
     layers = [m for m in model.modules() if isinstance(m, Int8Matrix)]
     if layers:
-        return QuantizationConfig("int8", layers[0].spec, isinstance(model.tok_emb, QuantizedEmbedding))
-    layers = [m for m in model.modules() if isinstance(m, (Int4Linear, Int4Embedding))]
-    if layers:
-        return QuantizationConfig("int4", Int4Spec(layers[0].group_size), isinstance(model.tok_emb, Int4Embedding))
+        return QuantizationConfig("int8", layers[0].spec, embeddings)
     dtype = {v: k for k, v in TORCH_DTYPES.items()}[model.tok_emb.weight.dtype]
     if dtype == "fp32":
         raise LmlabError("the model is neither quantized nor cast to fp16 / bf16: save it with save_checkpoint")
@@ -179,10 +182,16 @@ def load_quantized(folder: Path, dtype: torch.dtype = torch.float32,
 
 
 def int4_skeleton(model: Transformer, spec: Int4Spec, include_embeddings: bool) -> Transformer:
-    """Swap in empty int4 layers (on the meta device) for load_state_dict to fill."""
-    group, meta = spec.group_size, torch.device("meta")
-    return swap_layers(
-        model, include_embeddings,
-        lambda linear: Int4Linear(linear.in_features, linear.out_features, linear.bias is not None, group, meta),
-        lambda embedding: Int4Embedding(embedding.num_embeddings, embedding.embedding_dim, group, meta),
-        lambda head, embedding: TiedInt4Linear(embedding, head.bias is not None))
+    """Swap in empty int4 layers, and int8 ones for the embedding and LM head (on the meta device), for
+    load_state_dict to fill."""
+    meta, head = torch.device("meta"), lm_head_projection(model)
+
+    def linear(layer):
+        if layer is head:
+            return QuantizedLinear(layer.in_features, layer.out_features, layer.bias is not None, INT8_CHANNEL, meta)
+        return Int4Linear(layer.in_features, layer.out_features, layer.bias is not None, spec.group_size, meta)
+
+    return swap_layers(model, include_embeddings, linear,
+                       lambda embedding: QuantizedEmbedding(embedding.num_embeddings, embedding.embedding_dim,
+                                                            INT8_CHANNEL, meta),
+                       lambda head_, embedding: TiedQuantizedLinear(embedding, head_.bias is not None))

@@ -20,6 +20,10 @@ result in the input's dtype. The kernel uses no AMX or AVX512-BF16 instructions 
 fp32 by shifts), so it runs alike on CPUs with and without them. benchmarks/bench_lowbit_matmul.py
 compares it with the alternatives (docs/inference.md).
 
+In an int4 model the token embedding and the LM head stay int8 (per channel, quantized_linear.py), as
+llama.cpp's Q4 files keep their output matrix at 6-8 bits (SmolLM2's: Q8_0): they are the layers most
+sensitive to rounding, and a tied table is both.
+
 The kernel's constraints: out_features a multiple of 16 (it packs blocks of 16-64 rows) and
 in_features a multiple of G. The packed layout depends on the CPU (64-row blocks with AVX-512, 32
 with AVX2), so checkpoints store the codes in a portable layout instead, two per byte along the row
@@ -34,12 +38,12 @@ import torch
 from torch import nn
 
 from lmlab.errors import LmlabError
-from lmlab.quantization.tied import TiedHead
 
 GROUP_SIZES = (32, 64, 128)
 DEFAULT_GROUP_SIZE = 64
 ROW_BLOCK = 16  # the kernel packs rows in blocks of 16
 KERNEL_DTYPE = torch.bfloat16
+PACK_ROWS = 4096  # a multiple of the kernel's row blocks
 
 
 def check_group_size(group_size: int) -> int:
@@ -59,13 +63,14 @@ class Int4Spec:
         return self
 
 
-def int4_shape_problem(in_features: int, out_features: int, group_size: int) -> str | None:
-    """Why the int4 kernel cannot take a [out_features, in_features] matrix with this group size, or None."""
+def int4_shape_problem(in_features: int, out_features: int | None, group_size: int) -> str | None:
+    """Why the int4 kernel cannot take a [out_features, in_features] matrix with this group size, or None
+    (out_features None: a table only looked up, which the kernel never multiplies)."""
     if in_features % group_size:
         fits = [g for g in GROUP_SIZES if in_features % g == 0]
         hint = f"; --group-size {fits[-1]} fits" if fits else f"; no int4 group size ({GROUP_SIZES}) divides it"
         return f"in_features {in_features} is not a multiple of the group size {group_size}{hint}"
-    if out_features % ROW_BLOCK:
+    if out_features is not None and out_features % ROW_BLOCK:
         return f"out_features {out_features} is not a multiple of {ROW_BLOCK} (the kernel packs rows by 16)"
     return None
 
@@ -127,7 +132,10 @@ def kernel_matmul(x: torch.Tensor, packed: torch.Tensor, group_size: int, scale_
 
 def kernel_operands(quantized: Int4Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(packed codes in the kernel's layout, scales and offsets as [groups, rows, 2] in bf16)."""
-    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(quantized.q.to(torch.int32).contiguous(), 1)
+    # the kernel's layout is a sequence of blocks of 64 (or 32) rows, so packing 4096 rows at a time gives
+    # the same bytes while the int32 copy it takes stays small
+    packed = torch.cat([torch.ops.aten._convert_weight_to_int4pack_for_cpu(rows.to(torch.int32).contiguous(), 1)
+                        for rows in quantized.q.split(PACK_ROWS)])
     scale_offset = torch.stack([quantized.scale, quantized.offset], dim=-1).transpose(0, 1)
     return packed, scale_offset.to(KERNEL_DTYPE).contiguous()
 
@@ -220,78 +228,3 @@ class Int4Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.out_features}×{self.in_features} int4, groups of {self.group_size}"
-
-
-class Int4Embedding(nn.Module):
-    """A token embedding table in int4: a lookup dequantizes only the rows it gathers.
-
-    Buffers `qweight` (uint8 [num_embeddings, embedding_dim / 2], two codes per byte), `scale` and
-    `offset` ([num_embeddings, embedding_dim / G]; they follow the model's dtype and hold bf16 values).
-    """
-
-    def __init__(self, num_embeddings: int, embedding_dim: int, group_size: int = DEFAULT_GROUP_SIZE,
-                 device: torch.device | str | None = None) -> None:
-        super().__init__()
-        if embedding_dim % check_group_size(group_size):
-            raise LmlabError(f"int4 cannot take the token embedding: embedding_dim {embedding_dim} is not a "
-                             f"multiple of the group size {group_size}")
-        self.num_embeddings, self.embedding_dim, self.group_size = num_embeddings, embedding_dim, group_size
-        groups = embedding_dim // group_size
-        self.register_buffer("qweight", torch.zeros(num_embeddings, embedding_dim // 2, dtype=torch.uint8,
-                                                    device=device))
-        self.register_buffer("scale", torch.ones(num_embeddings, groups, device=device))
-        self.register_buffer("offset", torch.zeros(num_embeddings, groups, device=device))
-
-    @classmethod
-    def from_float(cls, embedding: nn.Embedding, group_size: int = DEFAULT_GROUP_SIZE) -> Int4Embedding:
-        table = cls(embedding.num_embeddings, embedding.embedding_dim, group_size)
-        table.store(quantize_int4(embedding.weight, group_size))
-        return table
-
-    def store(self, quantized: Int4Tensor) -> None:
-        self.qweight = pack_nibbles(quantized.q)
-        # bf16 values (what the kernel of a tied head computes with), kept in the buffers' float dtype
-        self.scale = quantized.scale.to(KERNEL_DTYPE).to(self.scale.dtype)
-        self.offset = quantized.offset.to(KERNEL_DTYPE).to(self.offset.dtype)
-
-    @property
-    def quantized(self) -> Int4Tensor:
-        return Int4Tensor(unpack_nibbles(self.qweight), self.scale, self.offset, self.group_size)
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.quantized.dequantize(self.scale.dtype)
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        index = input_ids.reshape(-1)
-        rows = Int4Tensor(unpack_nibbles(self.qweight[index]), self.scale[index], self.offset[index],
-                          self.group_size)
-        return rows.dequantize(self.scale.dtype).reshape(*input_ids.shape, self.embedding_dim)
-
-    def extra_repr(self) -> str:
-        return f"{self.num_embeddings}×{self.embedding_dim} int4, groups of {self.group_size}"
-
-
-class TiedInt4Linear(TiedHead):
-    """The LM head of a tied model: logits = x Êᵀ (+ b) with Ê the int4 embedding table, stored once.
-
-    The head keeps the kernel's packed copy of the table (half a byte per weight), made on first use
-    and again whenever the table changes (a load, a `.to(dtype)`).
-    """
-
-    def __init__(self, embedding: Int4Embedding, bias: bool) -> None:
-        problem = int4_shape_problem(embedding.embedding_dim, embedding.num_embeddings, embedding.group_size)
-        if problem:
-            raise LmlabError(f"int4 cannot take the tied LM head: {problem}")
-        super().__init__(embedding, bias)
-        self._operands: tuple[torch.Tensor, ...] = ()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        table = self.embedding
-        if not self._operands or self._operands[0] is not table.qweight or self._operands[1] is not table.scale:
-            self._operands = (table.qweight, table.scale, *kernel_operands(table.quantized))
-        y = kernel_matmul(x, self._operands[2], table.group_size, self._operands[3])
-        return y + self.bias.to(y.dtype) if self.bias is not None else y
-
-    def extra_repr(self) -> str:
-        return "tied to the int4 token embedding"

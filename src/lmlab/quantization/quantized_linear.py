@@ -24,7 +24,8 @@ activations' dtype, right before F.linear (slow: a float copy per call).
 int4 (int4.py) is group-wise and has its own kernel.
 
 What `quantize_model` quantizes: every nn.Linear of the transformer and, unless
-include_embeddings=False, the token embedding and the LM head. For a tied LM
+include_embeddings=False, the token embedding and the LM head (int8 per channel
+in an int4 model). For a tied LM
 head (Press & Wolf 2017; SmolLM2, GPT-2) the one quantized table serves both: the
 embedding gathers and dequantizes the rows of the tokens it looks up, and the
 head multiplies by the whole table. Per-channel scales of the table are per
@@ -43,8 +44,7 @@ from torch import nn
 
 from lmlab.errors import LmlabError
 from lmlab.models import Transformer
-from lmlab.quantization.int4 import (ROW_BLOCK, Int4Embedding, Int4Linear, Int4Spec, TiedInt4Linear,
-                                     int4_shape_problem)
+from lmlab.quantization.int4 import Int4Linear, Int4Spec, int4_shape_problem
 from lmlab.quantization.tied import TiedHead
 from lmlab.quantization.schemes import QuantizedTensor, QuantSpec, quantize
 
@@ -222,32 +222,33 @@ def swap_layers(
     return model
 
 
-def check_int4_shapes(model: Transformer, spec: Int4Spec, include_embeddings: bool = True) -> None:
+INT8_CHANNEL = QuantSpec("absmax", "channel")  # the int8 format with a kernel; embeddings of int4 models
+
+
+def check_int4_shapes(model: Transformer, spec: Int4Spec) -> None:
     """Refuse, naming the first layer, a model whose shapes the int4 kernel cannot take (before any swap)."""
-    projection = lm_head_projection(model)
-    skip = projection if (is_tied(model) or not include_embeddings) else None
-    shapes = [(name, m.in_features, m.out_features) for name, m in model.named_modules()
-              if isinstance(m, nn.Linear) and m is not skip]
-    if include_embeddings:
-        vocab, width = model.tok_emb.weight.shape
-        shapes.append(("tok_emb (and the tied LM head)" if is_tied(model) else "tok_emb", width,
-                       vocab if is_tied(model) else ROW_BLOCK))
-    for name, in_features, out_features in shapes:
-        problem = int4_shape_problem(in_features, out_features, spec.group_size)
-        if problem:
-            raise LmlabError(f"int4 cannot quantize layer {name}: {problem}")
+    head = lm_head_projection(model)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and module is not head:
+            problem = int4_shape_problem(module.in_features, module.out_features, spec.group_size)
+            if problem:
+                raise LmlabError(f"int4 cannot quantize layer {name}: {problem}")
 
 
 @torch.no_grad()
 def quantize_model(model: Transformer, spec: QuantSpec | Int4Spec, include_embeddings: bool = True) -> Transformer:
     """Swap, in place, every nn.Linear (and the token embedding and LM head) for int8 or int4 ones; return
-    the model. Any nn.Linear is taken, so layers fused beforehand (one q/k/v matrix) are quantized as one."""
+    the model. Any nn.Linear is taken, so layers fused beforehand (one q/k/v matrix) are quantized as one.
+    With int4, the token embedding and the LM head become int8 per channel (int4.py says why)."""
     spec.validate()
     if isinstance(spec, Int4Spec):
-        check_int4_shapes(model, spec, include_embeddings)
-        group = spec.group_size
-        swap_layers(model, include_embeddings, lambda linear: Int4Linear.from_float(linear, group),
-                    lambda embedding: Int4Embedding.from_float(embedding, group), TiedInt4Linear.from_float)
+        check_int4_shapes(model, spec)
+        head = lm_head_projection(model)
+        swap_layers(model, include_embeddings,
+                    lambda linear: (QuantizedLinear.from_float(linear, INT8_CHANNEL) if linear is head
+                                    else Int4Linear.from_float(linear, spec.group_size)),
+                    lambda embedding: QuantizedEmbedding.from_float(embedding, INT8_CHANNEL),
+                    TiedQuantizedLinear.from_float)
     else:
         swap_layers(model, include_embeddings, lambda linear: QuantizedLinear.from_float(linear, spec),
                     lambda embedding: QuantizedEmbedding.from_float(embedding, spec), TiedQuantizedLinear.from_float)

@@ -141,7 +141,7 @@ def quantize_checkpoint(
     loaded = load_model(reference)
     model = loaded.model
     if isinstance(spec, Int4Spec):
-        check_int4_shapes(model, spec, include_embeddings)  # before the minutes of perplexity
+        check_int4_shapes(model, spec)  # before the minutes of perplexity
     ids, eval_source = _eval_ids(loaded, eval_text, eval_tokens) if evaluate else ([], None)
     before = _perplexity(model, ids, progress) if evaluate else None
     weight_bytes_before = tensor_bytes(model)

@@ -2,7 +2,8 @@
 
 fp32 and bf16 are the dtype of the weights and of the computation. int8 (absmax, one scale per output
 channel) and int4 (min-max, a scale and an offset per group of `group_size` inputs) are weight-only
-formats: the matrices of every nn.Linear, the token embedding and the LM head become low-bit layers
+formats: the matrices of every nn.Linear, the token embedding and the LM head (int8 in int4 models)
+become low-bit layers
 that the CPU kernels multiply directly (quantized_linear.py, int4.py), while activations, norms and
 the attention stay in fp32. Every command that loads a model takes these through one option
 (`--dtype`, `--group-size`) and one function (`lmlab.hub.resolve.load_model`).
@@ -16,11 +17,11 @@ import torch
 
 from lmlab.errors import LmlabError, did_you_mean
 from lmlab.quantization.int4 import DEFAULT_GROUP_SIZE, GROUP_SIZES, Int4Spec
+from lmlab.quantization.quantized_linear import INT8_CHANNEL
 from lmlab.quantization.schemes import QuantSpec
 
 LOAD_DTYPES = ("fp32", "bf16", "int8", "int4")
 FLOAT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-INT8_SPEC = QuantSpec("absmax", "channel")  # the format with a kernel
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class WeightFormat:
                                  f"{', '.join(map(str, GROUP_SIZES))}")
             return cls(dtype, torch.float32, Int4Spec(group))
         if dtype == "int8":
-            return cls(dtype, torch.float32, INT8_SPEC)
+            return cls(dtype, torch.float32, INT8_CHANNEL)
         return cls(dtype, FLOAT_DTYPES[dtype])
 
     def describe(self) -> str:
