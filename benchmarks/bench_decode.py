@@ -178,7 +178,13 @@ def _llama_cpp_child(conn, threads: int, n_ctx: int) -> None:
 
     llm = llama_cpp.Llama(model_path=str(embedded_path(MODEL)), n_threads=threads, n_threads_batch=threads,
                           n_ctx=n_ctx, n_batch=512, verbose=False)
-    while (message := conn.recv()) is not None:
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:  # the parent exited without sending None
+            return
+        if message is None:
+            return
         function, args = message
         try:
             conn.send(("ok", function(llm, *args)))
