@@ -47,10 +47,11 @@ import lmlab
 from lmlab.evaluation.metrics import bleu, rouge
 from lmlab.finetuning import DataFormat, FinetuneSettings, finetune
 from lmlab.hub.resolve import load_model
-from lmlab.io import write_jsonl
+from lmlab.io import write_jsonl, write_text
 
 ROWS = ("sst2-zero-shot", "sst2-finetuned", "wnut17", "snli", "sst2-nli", "stsb", "xquad-generative",
         "xquad-extractive", "flores-fr", "flores-de", "wtq", "dialogsum", "fill-mask")
+FINETUNED = ("sst2", "wnut17", "snli", "xquad")
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
@@ -79,6 +80,18 @@ def snli(data: Path) -> list[tuple[str, str, str]]:
     folder = data / "tasks/snli"
     parts = [(folder / f"dev.{k}").read_text().splitlines() for k in ("s1", "s2", "labels")]
     return list(zip(*parts))
+
+
+def write_splits(data: Path, folder: Path, snli_train: int) -> dict[str, Path]:
+    """The training files of the rows that train on part of a dev set, in `lmlab finetune`'s formats: the first
+    `snli_train` SNLI dev pairs (JSONL text / text_pair / label) and XQuAD articles 1-12 (SQuAD JSON). The rows
+    score only the rest, so training and scored examples never overlap."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [{"text": a, "text_pair": b, "label": c} for a, b, c in snli(data)[:snli_train]]
+    write_jsonl(folder / "snli_train.jsonl", lines)
+    articles = json.loads((data / "tasks/xquad/dev.json").read_text())["data"]
+    write_text(folder / "xquad_train.json", json.dumps({"data": articles[:len(articles) // 2]}))
+    return {"snli": folder / "snli_train.jsonl", "xquad": folder / "xquad_train.json"}
 
 
 # ---------------------------------------------------------------- metrics
@@ -148,11 +161,19 @@ class Bench:
 
     def finetuned(self, name: str, data: Path | str, fmt: DataFormat, validation: Path | None = None,
                   lr: float = 1e-4, batch_size: int = 32) -> str:
+        """The model `--model NAME=DIR` names (fine-tuned beforehand by `lmlab finetune`), else one trained here."""
+        if name in self.args.models:
+            return self.args.models[name]
         out = self.tmp / name
         result = finetune(FinetuneSettings(model="minilm-l6", data=data, validation=validation, out=out, format=fmt,
                                            method="full", lr=lr, epochs=self.args.epochs, batch_size=batch_size,
                                            progress=self.args.progress))
         return str(result.model_dir)
+
+    def recipe(self, name: str) -> str:
+        """How the fine-tuned model of row `name` was made, for the table."""
+        given = self.args.models.get(name)
+        return f"fine-tuned by lmlab finetune: {given}" if given else f"{self.args.epochs:g} epochs here"
 
     def sst2_zero_shot(self) -> None:
         start = time.perf_counter()
@@ -172,7 +193,7 @@ class Bench:
         texts, gold = (self.limit(x) for x in sst2(self.data, "dev"))
         task = lmlab.pipeline("text-classification", path, batch_size=32, progress=self.args.progress)
         predicted = [int(o["label"]) for o in task(texts)]
-        self.report("sst2-finetuned", "SST-2 dev", len(texts), f"MiniLM-L6 + head, {self.args.epochs:g} epochs",
+        self.report("sst2-finetuned", "SST-2 dev", len(texts), f"MiniLM-L6 + head, {self.recipe('sst2')}",
                     {"accuracy": float(np.mean(np.array(predicted) == np.array(gold)))},
                     {"majority": max(np.mean(gold), 1 - np.mean(gold))}, start)
 
@@ -196,21 +217,22 @@ class Bench:
                     tags[i] = ("B-" if k == 0 else "I-") + e["entity_group"]
             predicted.append(tags)
         f1 = f1_score([tags for _, tags in sentences], predicted)
-        self.report("wnut17", "WNUT-17 dev", len(sentences), "MiniLM-L6 + token head, aggregation first",
+        self.report("wnut17", "WNUT-17 dev", len(sentences),
+                    f"MiniLM-L6 + token head ({self.recipe('wnut17')}), aggregation first",
                     {"entity_f1": float(f1)}, None, start)
 
     def snli(self) -> None:
         start = time.perf_counter()
         pairs = snli(self.data)
         train, test = pairs[:self.args.snli_train], self.limit(pairs[self.args.snli_train:])
-        path = self.tmp / "snli_train.jsonl"
-        path.write_text("".join(json.dumps({"text": a, "text_pair": b, "label": c}) + "\n" for a, b, c in train))
+        path = write_splits(self.data, self.tmp, self.args.snli_train)["snli"]
         self.nli_model = self.finetuned("snli", path, DataFormat(task="pair-classification", max_length=128))
         task = lmlab.pipeline("text-classification", self.nli_model, batch_size=32, progress=self.args.progress)
         predicted = [o["label"] for o in task([{"text": a, "text_pair": b} for a, b, _ in test])]
         gold = [c for _, _, c in test]
         majority = collections.Counter(c for _, _, c in train).most_common(1)[0][0]
-        self.report("snli", f"SNLI dev[{self.args.snli_train}:]", len(test), "MiniLM-L6 + pair head",
+        self.report("snli", f"SNLI dev[{self.args.snli_train}:]", len(test),
+                    f"MiniLM-L6 + pair head, {self.recipe('snli')}",
                     {"accuracy": float(np.mean([p == g for p, g in zip(predicted, gold)]))},
                     {"majority": float(np.mean([g == majority for g in gold]))}, start)
 
@@ -250,16 +272,17 @@ class Bench:
         self.report("stsb", "STS-B dev", len(rows), "MiniLM-L6 mean pooling + normalization, cosine",
                     {"spearman": float(ours)}, baseline, start)
 
-    def _xquad(self) -> tuple[list[dict], list[dict]]:
+    def _xquad(self) -> list[dict]:
+        """The questions of XQuAD articles 13-24 (write_splits gives articles 1-12 to training)."""
         data = json.loads((self.data / "tasks/xquad/dev.json").read_text())["data"]
         half = len(data) // 2
         questions = [{"question": qa["question"], "context": p["context"], "answers": [a["text"] for a in qa["answers"]]}
                      for article in data[half:] for p in article["paragraphs"] for qa in p["qas"]]
-        return data[:half], self.limit(questions)
+        return self.limit(questions)
 
     def xquad_generative(self) -> None:
         start = time.perf_counter()
-        _, questions = self._xquad()
+        questions = self._xquad()
         task = lmlab.pipeline("question-answering", self.model("smollm2-135m-instruct"), batch_size=8,
                               progress=self.args.progress)
         out = task([{"question": q["question"], "context": q["context"]} for q in questions])
@@ -268,15 +291,14 @@ class Bench:
 
     def xquad_extractive(self) -> None:
         start = time.perf_counter()
-        train, questions = self._xquad()
-        path = self.tmp / "xquad_train.json"
-        path.write_text(json.dumps({"data": train}))
+        questions = self._xquad()
+        path = write_splits(self.data, self.tmp, self.args.snli_train)["xquad"]
         model = self.finetuned("xquad", path, DataFormat(task="question-answering", max_length=384), lr=1e-4,
                                batch_size=16)
         task = lmlab.pipeline("question-answering", model, progress=self.args.progress)
         out = task([{"question": q["question"], "context": q["context"]} for q in questions])
         self.report("xquad-extractive", "XQuAD dev, articles 13-24", len(questions),
-                    f"MiniLM-L6 + start/end head trained on articles 1-12, {self.args.epochs:g} epochs",
+                    f"MiniLM-L6 + start/end head trained on articles 1-12, {self.recipe('xquad')}",
                     squad_scores([o["answer"] for o in out], [q["answers"] for q in questions]), None, start)
 
     def flores(self, target: str) -> None:
@@ -360,8 +382,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads")
     parser.add_argument("--data-dir", default=str(DATA), help=f"the shared data folder (default {DATA})")
     parser.add_argument("--out", help="also write the rows as JSON lines here")
+    parser.add_argument("--model", action="append", default=[], metavar="NAME=DIR",
+                        help="use this fine-tuned model (an `lmlab finetune` OUT/model folder) instead of training "
+                             "one here; NAME is sst2, wnut17, snli or xquad (repeatable)")
+    parser.add_argument("--write-splits", metavar="DIR",
+                        help="only write the SNLI and XQuAD training splits (for `lmlab finetune`) to DIR")
     parser.add_argument("--progress", action="store_true", help="progress bars")
     args = parser.parse_args()
+    args.models = dict(item.split("=", 1) for item in args.model)
+    if args.write_splits:
+        for name, path in write_splits(Path(args.data_dir), Path(args.write_splits), args.snli_train).items():
+            print(f"{name}: {path}")
+        return
+    if set(args.models) - set(FINETUNED):
+        parser.error(f"--model takes NAME=DIR with NAME one of {', '.join(FINETUNED)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
