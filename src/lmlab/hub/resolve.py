@@ -12,8 +12,6 @@ A reference is, in the order tried:
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import importlib.util
 import re
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from lmlab.allocator import release_freed_memory
 from lmlab.config import PRESETS, ModelConfig, get_preset
 from lmlab.errors import LmlabError, did_you_mean
 from lmlab.hub.checkpoint import (LMLAB_CONFIG, build_model, is_hf_folder, is_lmlab_checkpoint, load_checkpoint, load_hf_folder,
@@ -188,20 +187,6 @@ def _load(reference: str, weights: WeightFormat, seed: int, head: str | None, fu
     model = load_hf_folder(path, weights.compute_dtype, head=head)
     return LoadedModel(_quantize(model, weights, reference, fuse), _tokenizer_or_none(path), reference,
                        f"Hugging Face folder {path}")
-
-
-def release_freed_memory() -> None:
-    """Hand the heap memory freed after loading back to the system (glibc's malloc_trim; elsewhere nothing).
-
-    Loading makes large temporary tensors (a dequantized GGUF matrix, float weights before quantizing)
-    that glibc keeps in the process after they are freed; a low-bit model would otherwise stay several
-    times its size in resident memory (benchmarks/bench_load_memory.py measures it).
-    """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _quantize(model: Transformer, weights: WeightFormat, reference: str, fuse: bool) -> Transformer:

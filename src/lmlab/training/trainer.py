@@ -50,6 +50,7 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset
 from tqdm.auto import tqdm
 
+from lmlab.allocator import return_freed_memory_promptly
 from lmlab.config import ModelConfig
 from lmlab.data.mixture import MixtureSampler
 from lmlab.errors import LmlabError
@@ -429,6 +430,7 @@ class Trainer:
 
     def train(self) -> TrainResult:
         wall_start = time.perf_counter()
+        return_freed_memory_promptly()  # resident memory = what the tensors need (lmlab.allocator)
         config, env = self.config, self.env
         checkpoint = self.run.latest_checkpoint() if self.run.resume else None
         state = self._load_trainer_state(checkpoint) if checkpoint else {}
