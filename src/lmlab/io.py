@@ -115,6 +115,17 @@ def save_safetensors(tensors: dict[str, Any], path: str | Path, metadata: dict[s
     return write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata or {"format": "pt"}))
 
 
+def read_safetensors(path: str | Path) -> dict[str, Any]:
+    """The torch tensors of a safetensors file, or one clear error if it cannot be read."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise LmlabError(f"{path} is not a readable safetensors file ({err})") from None
+
+
 def save_figure(figure: Any, path: str | Path, **savefig: Any) -> Path:
     """Write a matplotlib figure atomically, in the format the file name's suffix names (.png by default)."""
     path = Path(path)

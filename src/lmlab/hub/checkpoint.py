@@ -17,14 +17,12 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from lmlab.config import ModelConfig
 from lmlab.errors import LmlabError
 from lmlab.hub.convert import (config_from_hf, family_of, guess_family, hf_config_from_lmlab, state_dict_from_hf,
                                state_dict_to_hf)
-from lmlab.io import HF_MODEL_KIND, MODEL_KIND, replace_folder, save_safetensors, write_json
+from lmlab.io import HF_MODEL_KIND, MODEL_KIND, read_safetensors, replace_folder, save_safetensors, write_json
 from lmlab.models import Transformer
 
 LMLAB_CONFIG = "lmlab.json"
@@ -41,13 +39,6 @@ def _unique_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         seen.update({id(tensor), tensor.data_ptr()})
         out[name] = tensor.detach().contiguous()
     return out
-
-
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise LmlabError(f"{path} is not a readable safetensors file ({err})") from None
 
 
 def _check_keys(model: Transformer, missing: list[str], unexpected: list[str], source: str) -> None:

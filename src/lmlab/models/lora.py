@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from lmlab.errors import LmlabError, did_you_mean
-from lmlab.io import replace_folder, save_safetensors, write_json
+from lmlab.io import read_safetensors, replace_folder, save_safetensors, write_json
 
 ALIASES = {
     "q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj",
@@ -275,8 +275,6 @@ def save_adapter(model: nn.Module, out: Path, base_model: str, report: LoRARepor
 def load_adapter(model: nn.Module, folder: Path) -> LoRAReport:
     """Put the adapter saved in `folder` onto `model` (the base model, with the same config the adapter was
     trained on) and load its weights; returns the report of the re-applied LoRA."""
-    from lmlab.hub.checkpoint import read_safetensors
-
     folder = Path(folder)
     config = AdapterConfig.load(folder)
     if config.base_config != model.config.to_dict():

@@ -33,8 +33,8 @@ import torch
 
 from lmlab.config import ModelConfig
 from lmlab.errors import LmlabError, did_you_mean
-from lmlab.hub.checkpoint import LMLAB_CONFIG, WEIGHTS, load_checkpoint, read_safetensors, write_checkpoint
-from lmlab.io import MODEL_KIND, replace_folder, save_safetensors, write_json
+from lmlab.hub.checkpoint import LMLAB_CONFIG, WEIGHTS, load_checkpoint, write_checkpoint
+from lmlab.io import MODEL_KIND, read_safetensors, replace_folder, save_safetensors, write_json
 from lmlab.models import Transformer
 from lmlab.quantization.int4 import Int4Linear, Int4Spec
 from lmlab.quantization.quantized_linear import (INT8_CHANNEL, Int8Matrix, QuantizedEmbedding, QuantizedLinear,

@@ -54,9 +54,9 @@ from lmlab.allocator import return_freed_memory_promptly
 from lmlab.config import ModelConfig
 from lmlab.data.mixture import MixtureSampler
 from lmlab.errors import LmlabError
-from lmlab.hub.checkpoint import LMLAB_CONFIG, load_weights, read_safetensors, save_checkpoint, write_checkpoint
-from lmlab.io import (MARKER, TEMP_TAG, clean_leftovers, json_line, read_marker, remove_folder, replace_folder,
-                      save_figure, save_safetensors, write_json, write_jsonl, write_marker)
+from lmlab.hub.checkpoint import LMLAB_CONFIG, load_weights, save_checkpoint, write_checkpoint
+from lmlab.io import (MARKER, TEMP_TAG, clean_leftovers, json_line, read_marker, read_safetensors, remove_folder,
+                      replace_folder, save_figure, save_safetensors, write_json, write_jsonl, write_marker)
 from lmlab.models import Transformer
 from lmlab.planning.compute import forward_flops
 from lmlab.planning.measure import uses_fused_attention
