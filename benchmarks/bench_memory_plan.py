@@ -21,7 +21,7 @@ import torch
 
 from lmlab.config import ModelConfig, get_preset
 from lmlab.planning.measure import measure_training_step, plan_step
-from lmlab.planning.memory import count_parameters
+from lmlab.planning.params import count_parameters
 from lmlab.planning.units import format_bytes, format_count
 
 CONFIGS: dict[str, tuple[ModelConfig, int, int]] = {

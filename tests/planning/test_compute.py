@@ -14,7 +14,7 @@ from lmlab.planning.compute import (
     plan_compute,
     training_flops,
 )
-from lmlab.planning.memory import count_parameters
+from lmlab.planning.params import count_parameters
 
 
 def test_gpt3_175b_compute_from_the_paper():

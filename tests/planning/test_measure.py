@@ -8,7 +8,7 @@ from lmlab.config import get_preset
 from lmlab.errors import LmlabError
 from lmlab.models import Transformer
 from lmlab.planning.measure import PeakMemory, measure_training_step, plan_step
-from lmlab.planning.memory import count_parameters
+from lmlab.planning.params import count_parameters
 
 TINY = get_preset("tiny-gpt2").replace(vocab_size=64, d_model=32, n_layer=2, n_head=2, n_kv_head=2, d_head=16,
                                        d_ff=128, max_seq_len=32)

@@ -6,14 +6,8 @@ import torch
 from lmlab.config import get_preset
 from lmlab.errors import LmlabError
 from lmlab.models.transformer import Transformer
-from lmlab.planning.memory import (
-    RULES_OF_THUMB,
-    Parallelism,
-    activation_term,
-    count_parameters,
-    plan_inference_memory,
-    plan_training_memory,
-)
+from lmlab.planning.memory import RULES_OF_THUMB, Parallelism, activation_term, plan_inference_memory, plan_training_memory
+from lmlab.planning.params import count_parameters
 
 GB = 1e9
 

@@ -8,7 +8,7 @@ import pytest
 from lmlab.data.corpus import default_corpus
 from lmlab.errors import LmlabError
 from lmlab.models import Transformer
-from lmlab.planning.memory import count_parameters
+from lmlab.planning.params import count_parameters
 from lmlab.scaling.sweep import (
     DEFAULT_SHAPES,
     RESULTS_FILE,

@@ -45,7 +45,7 @@ def _run_params(args: argparse.Namespace) -> int:
     import torch
 
     from lmlab.hub.resolve import resolve_config
-    from lmlab.inspect.params import count_model_parameters, count_parameters, parameter_table, summarize
+    from lmlab.planning.params import count_model_parameters, count_parameters, parameter_table, summarize
     from lmlab.models import Transformer
     from lmlab.planning.units import format_count
 

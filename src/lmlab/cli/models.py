@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from lmlab.config import PRESETS, get_preset
     from lmlab.hub.resolve import EMBEDDED
-    from lmlab.inspect.params import count_parameters
+    from lmlab.planning.params import count_parameters
     from lmlab.planning.units import format_count
 
     if args.name:

@@ -14,16 +14,8 @@ from lmlab.errors import LmlabError
 from lmlab.planning.accelerators import ACCELERATORS, Accelerator
 from lmlab.planning.compute import PF_DAY, exact_training_flops, plan_compute, training_flops
 from lmlab.planning.energy import DEFAULT_GRID, GRIDS, parse_grid
-from lmlab.planning.memory import (
-    OPTIMIZER_STATES,
-    RULES_OF_THUMB,
-    TRAINING_DTYPES,
-    Parallelism,
-    Term,
-    count_parameters,
-    plan_inference_memory,
-    plan_training_memory,
-)
+from lmlab.planning.memory import OPTIMIZER_STATES, RULES_OF_THUMB, TRAINING_DTYPES, Parallelism, Term, plan_inference_memory, plan_training_memory
+from lmlab.planning.params import count_parameters
 from lmlab.planning.scaling import (
     APPROACH1_TOKENS_PER_PARAM,
     FITS,

@@ -28,7 +28,7 @@ from lmlab.hub.convert import config_from_hf
 from lmlab.models import Transformer
 from lmlab.models.fusion import fuse_projections
 from lmlab.planning.limits import check_fits
-from lmlab.planning.memory import count_parameters
+from lmlab.planning.params import count_parameters
 from lmlab.quantization.weight_format import WeightFormat
 
 

@@ -38,7 +38,8 @@ import torch.nn.functional as F
 
 from lmlab.config import ModelConfig
 from lmlab.errors import LmlabError
-from lmlab.planning.memory import TrainingPlan, count_parameters, plan_training_memory
+from lmlab.planning.memory import TrainingPlan, plan_training_memory
+from lmlab.planning.params import count_parameters
 from lmlab.planning.units import require_positive
 
 OPTIMIZERS = ("adamw", "adam", "sgd")

@@ -166,13 +166,6 @@ RULES_OF_THUMB = (
 )
 
 
-def count_parameters(config: ModelConfig) -> int:
-    """Parameters of a model built from `config` (lmlab.inspect.params counts them component by component)."""
-    from lmlab.inspect.params import count_parameters as count
-
-    return count(config)
-
-
 def kv_cache_layers(config: ModelConfig) -> int:
     """Attention layers that cache keys and values while generating.
 

@@ -54,7 +54,7 @@ from tqdm.auto import tqdm
 from lmlab.config import ModelConfig, get_preset
 from lmlab.errors import LmlabError
 from lmlab.io import write_json, write_jsonl, write_marker
-from lmlab.planning.memory import count_parameters
+from lmlab.planning.params import count_parameters
 from lmlab.planning.units import format_count, require_positive, scientific
 
 SWEEP_FILE = "sweep.json"

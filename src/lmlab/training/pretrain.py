@@ -36,7 +36,7 @@ from lmlab.errors import LmlabError, did_you_mean
 from lmlab.hub.model_card import CardFacts, EvalResult, run_card_facts, write_model_card
 from lmlab.models import Transformer
 from lmlab.planning.limits import check_fits
-from lmlab.planning.memory import count_parameters
+from lmlab.planning.params import count_parameters
 from lmlab.planning.units import format_count
 from lmlab.tokenizers import load_tokenizer, train_bpe
 from lmlab.training.distributed import DistEnv, run_on_main

@@ -7,7 +7,7 @@ import torch
 
 from lmlab.cli.main import main
 from lmlab.config import PRESETS, get_preset
-from lmlab.inspect.params import count_model_parameters, count_parameters, parameter_table, summarize
+from lmlab.planning.params import count_model_parameters, count_parameters, parameter_table, summarize
 from lmlab.models import Transformer
 
 
