@@ -16,7 +16,11 @@ runs when `llama_cpp.server` is importable (`pip install -e .[bench]`). Everythi
 each level is bounded in requests and in time, and the servers are stopped at the end.
 
     python benchmarks/bench_serve.py [--clients 1,4,16,64] [--requests 4] [--max-tokens 64] [--slots 16]
-                                     [--threads 2] [--time-limit 600] [--no-llama-cpp] [--llama-cpp-batch 512]
+                                     [--threads 2] [--dtype bf16] [--time-limit 600] [--no-llama-cpp]
+                                     [--llama-cpp-batch 512]
+
+lmlab serves in bf16 on a CPU with AMX and in fp32 elsewhere unless `--dtype` says otherwise (as
+bench_batch.py); the load average is printed before and after.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from dataclasses import dataclass, field
 
 import httpx2 as httpx
 
+from bench_batch import fastest_float_dtype
+from bench_decode import load_average
 from lmlab.hub.resolve import embedded_path
 
 MODEL = "smollm2-135m-instruct"
@@ -180,6 +186,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64, help="max_tokens of each request")
     parser.add_argument("--slots", type=int, default=16, help="lmlab's engine slots (requests decoded together)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads of each server")
+    parser.add_argument("--dtype", default=fastest_float_dtype(), choices=("fp32", "bf16", "int8", "int4"),
+                        help="lmlab's weights (default: bf16 on a CPU with AMX, else fp32)")
     parser.add_argument("--time-limit", type=float, default=600, help="seconds per level before requests are skipped")
     parser.add_argument("--no-llama-cpp", action="store_true", help="measure lmlab alone")
     parser.add_argument("--llama-cpp-batch", type=int, default=512,
@@ -190,12 +198,15 @@ def main() -> None:
     most = max(args.clients)
     gguf = embedded_path(MODEL)
 
+    print(f"load average before: {load_average()}; lmlab {args.dtype}, {args.slots} slots, {args.threads} threads")
     print(f"{'server':<10} {'clients':>7} {'ok':>9} {'TTFT p50':>8} {'TTFT p99':>8} {'lat p50':>8} {'lat p99':>8} "
           f"{'tok/s':>8}   (seconds; {args.requests} requests per client, max_tokens {args.max_tokens})")
     lmlab_levels = measure("lmlab", [sys.executable, "-m", "lmlab.cli.main", "--threads", str(args.threads), "serve",
-                                     MODEL, "--slots", str(args.slots), "--max-queue", str(most * 2),
+                                     MODEL, "--dtype", args.dtype, "--slots", str(args.slots),
+                                     "--max-queue", str(most * 2),
                                      "--max-model-len", "1024", "--shutdown-timeout", "5"], "/health", args)
     if args.no_llama_cpp:
+        print(f"load average after: {load_average()}")
         return
     if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("sse_starlette") is None:
         print("llama.cpp: not measured (pip install -e .[bench] installs llama-cpp-python[server])")
@@ -209,7 +220,9 @@ def main() -> None:
     for clients in args.clients:
         ours, theirs = lmlab_levels[clients].tokens_per_second(), llama_levels[clients].tokens_per_second()
         ratio = ours / theirs if theirs else float("nan")
-        print(f"  {clients:>3} clients: {ours:8.1f} / {theirs:8.1f} = {ratio:5.2f}x")
+        print(f"  {clients:>3} clients: {ours:8.1f} / {theirs:8.1f} = {ratio:5.2f}x"
+              + (" (target >= 2.0)" if clients == 16 else ""))
+    print(f"load average after: {load_average()}")
 
 
 if __name__ == "__main__":

@@ -90,8 +90,7 @@ class SlotCache:
         self.mask: torch.Tensor | None = None
         self.is_causal = False
         self._rows = slice(0, 1)
-        self._write_at: torch.Tensor | int = 0
-        self._write_rows = torch.zeros(1, dtype=torch.long, device=device)
+        self._write_at: torch.Tensor | int = 0  # a position (one row), or flat (row, head, position) indices
         self._n_keys = 0
         self._advance: list[int] = []
 
@@ -137,9 +136,10 @@ class SlotCache:
         self.positions = starts[:, None]
         if n_rows == 1:  # one row writes a slice, no scatter
             self._write_at = lengths[0]
-        else:
-            self._write_at = starts
-            self._write_rows = torch.arange(n_rows, device=self.device)
+        else:  # row r, head h writes at position starts[r]: one index into the [slots * heads * capacity] rows
+            heads = torch.arange(self.keys[0].shape[1], device=self.device)
+            rows = torch.arange(n_rows, device=self.device)[:, None] * len(heads) + heads
+            self._write_at = (rows * self.capacity + starts[:, None]).reshape(-1)
         self.is_causal = False
         self.mask = None
         if min(lengths) + 1 < self._n_keys:
@@ -158,9 +158,10 @@ class SlotCache:
             end = self._write_at + k.shape[2]
             keys[self._rows, :, self._write_at : end] = k
             values[self._rows, :, self._write_at : end] = v
-        else:
-            keys[self._write_rows, :, self._write_at] = k[:, :, 0]
-            values[self._write_rows, :, self._write_at] = v[:, :, 0]
+        else:  # index_copy_ of whole rows: advanced indexing over (slot, position) takes a slow scatter
+            d_head = keys.shape[-1]
+            keys.view(-1, d_head).index_copy_(0, self._write_at, k.reshape(-1, d_head))
+            values.view(-1, d_head).index_copy_(0, self._write_at, v.reshape(-1, d_head))
         return keys[self._rows, :, : self._n_keys], values[self._rows, :, : self._n_keys]
 
     def advance(self, n_tokens: int) -> None:

@@ -41,7 +41,7 @@ class ServeSettings:
 
 def load_backend(settings: ServeSettings) -> Backend:
     """Load the language model into an engine (and the sentence encoder, if asked for)."""
-    loaded = load_model(settings.model, dtype=settings.dtype, group_size=settings.group_size)
+    loaded = load_model(settings.model, dtype=settings.dtype, group_size=settings.group_size, fuse=True)
     engine = Engine(loaded.model, loaded.tokenizer, slots=settings.limits.slots, max_len=settings.max_model_len,
                     prefill_chunk=settings.prefill_chunk)
     encoder = SentenceEncoder(load_model(settings.embedding_model)) if settings.embedding_model else None
