@@ -11,8 +11,10 @@ that says what to do instead.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from lmlab.errors import LmlabError
 
@@ -29,6 +31,15 @@ class Applies:
     @property
     def dest(self) -> str:
         return self.name or self.option.lstrip("-").replace("-", "_")
+
+
+def field_default(cls: type, name: str) -> Any:
+    """The default of dataclass `cls`'s field `name`: a CLI option that fills the field takes its default from
+    here, so the default is written once, with the field (tests/test_cli_defaults.py walks the parsers)."""
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
 
 
 def given(args: argparse.Namespace, parser: argparse.ArgumentParser, dest: str) -> bool:

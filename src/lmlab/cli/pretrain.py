@@ -9,7 +9,7 @@ import json
 from lmlab.config import ARCHS, ModelConfig
 from lmlab.data.mixture import parse_mix
 from lmlab.data.readers import TXT_SPLITS
-from lmlab.cli.options import Applies, check_applies
+from lmlab.cli.options import Applies, check_applies, field_default
 from lmlab.cli.parallel import add_parallel_options, errors_said_by_rank_zero, parallel_config
 from lmlab.cli.runs import add_logger_argument
 from lmlab.errors import LmlabError, did_you_mean
@@ -48,6 +48,9 @@ examples:
 """
 
 
+TRAIN = TrainConfig()  # the training defaults, written once (in the dataclass)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("pretrain", help="pre-train a model from scratch (CLM, MLM or span corruption)",
                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -65,39 +68,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--mix", metavar="NAME=W,...",
                       help="sampling weight of each dataset, summing to 1, e.g. finance=0.51,general=0.49 "
                            "(default: in proportion to their sizes)")
-    data.add_argument("--tokenizer", default=BPE, metavar="TOK",
+    data.add_argument("--tokenizer", default=field_default(PretrainSettings, "tokenizer"), metavar="TOK",
                       help="for raw text: 'bpe' learns a byte-level BPE vocabulary from the corpus, 'char' uses one "
-                           "token per character, or give a tokenizer file/folder (default: bpe)")
-    data.add_argument("--vocab-size", type=int, default=1024, help="BPE vocabulary size (default: 1024)")
-    data.add_argument("--text-field", default="text", help="field/column holding the text in .jsonl/.csv/.parquet")
-    data.add_argument("--txt-split", choices=TXT_SPLITS, default="file",
+                           "token per character, or give a tokenizer file/folder (default: %(default)s)")
+    data.add_argument("--vocab-size", type=int, default=field_default(PretrainSettings, "vocab_size"),
+                      help="BPE vocabulary size (default: %(default)s)")
+    data.add_argument("--text-field", default=field_default(PretrainSettings, "text_field"), help="field/column holding the text in .jsonl/.csv/.parquet")
+    data.add_argument("--txt-split", choices=TXT_SPLITS, default=field_default(PretrainSettings, "txt_split"),
                       help="what a document is in a .txt file: the whole file, or each block between blank lines; "
-                           "cleaning and deduplication judge documents one by one (default: file)")
+                           "cleaning and deduplication judge documents one by one (default: %(default)s)")
     data.add_argument("--seq-len", type=int,
                       help="tokens per training sequence, at most the model's context (default: the prepared "
                            "data's, else 128)")
     optim = p.add_argument_group("optimization")
-    optim.add_argument("--steps", type=int, default=500, help="optimizer steps (default: 500)")
-    optim.add_argument("--batch-size", type=int, default=32,
-                       help="sequences per optimizer step, over all processes and micro-batches (default: 32)")
-    optim.add_argument("--grad-accum", type=int, default=1,
+    optim.add_argument("--steps", type=int, default=TRAIN.steps, help="optimizer steps (default: %(default)s)")
+    optim.add_argument("--batch-size", type=int, default=TRAIN.batch_size,
+                       help="sequences per optimizer step, over all processes and micro-batches (default: %(default)s)")
+    optim.add_argument("--grad-accum", type=int, default=TRAIN.grad_accum,
                        help="micro-batches per step: gradients add up over them before the update, so a big batch "
-                            "fits in less memory (default: 1)")
-    optim.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: 1e-3)")
+                            "fits in less memory (default: %(default)s)")
+    optim.add_argument("--lr", type=float, default=TRAIN.lr, help="peak learning rate (default: %(default)s)")
     optim.add_argument("--min-lr", type=float, help="learning rate at the end of the cosine decay (default: lr/10)")
-    optim.add_argument("--warmup", type=int, default=100,
-                       help="steps of linear learning-rate warmup from ~0 to --lr (default: 100)")
-    optim.add_argument("--weight-decay", type=float, default=0.1,
-                       help="AdamW decoupled weight decay, on matrices and embeddings only (default: 0.1)")
-    optim.add_argument("--beta1", type=float, default=0.9, help="Adam momentum coefficient (default: 0.9)")
-    optim.add_argument("--beta2", type=float, default=0.95,
-                       help="Adam second-moment coefficient (default: 0.95; nanoGPT uses 0.99 for small batches)")
-    optim.add_argument("--clip", type=float, default=1.0,
-                       help="clip the gradient's global L2 norm to this; 0 turns clipping off (default: 1.0)")
-    optim.add_argument("--dtype", choices=list(DTYPES), default="fp32",
+    optim.add_argument("--warmup", type=int, default=TRAIN.warmup,
+                       help="steps of linear learning-rate warmup from ~0 to --lr (default: %(default)s)")
+    optim.add_argument("--weight-decay", type=float, default=TRAIN.weight_decay,
+                       help="AdamW decoupled weight decay, on matrices and embeddings only (default: %(default)s)")
+    optim.add_argument("--beta1", type=float, default=TRAIN.beta1,
+                       help="Adam momentum coefficient (default: %(default)s)")
+    optim.add_argument("--beta2", type=float, default=TRAIN.beta2,
+                       help="Adam second-moment coefficient (default: %(default)s; nanoGPT uses 0.99 for small batches)")
+    optim.add_argument("--clip", type=float, default=TRAIN.clip,
+                       help="clip the gradient's global L2 norm to this; 0 turns clipping off (default: %(default)s)")
+    optim.add_argument("--dtype", choices=list(DTYPES), default=TRAIN.dtype,
                        help="fp32, or bf16 autocast: matrix multiplies in bfloat16, weights and optimizer in fp32")
-    optim.add_argument("--seed", type=int, default=0, help="seed of the weights, data order, masks, dropout")
-    optim.add_argument("--skip-nonfinite", type=int, default=0, metavar="N",
+    optim.add_argument("--seed", type=int, default=TRAIN.seed, help="seed of the weights, data order, masks, dropout")
+    optim.add_argument("--skip-nonfinite", type=int, default=TRAIN.skip_nonfinite, metavar="N",
                        help="skip up to N steps whose loss or gradient norm is NaN or infinite (no update, counted "
                             "in metrics.jsonl as skipped_steps), as large runs do; beyond N, or with the default "
                             "0, a non-finite step stops the run with an error, keeping the last checkpoint")
@@ -111,10 +116,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--resume", action="store_true",
                      help="continue the run in --out from its last checkpoint (--steps may be raised); a finished "
                           "run is left as it is")
-    run.add_argument("--eval-every", type=int, default=100,
-                     help="steps between validation loss/perplexity measurements and checkpoints (default: 100)")
-    run.add_argument("--eval-batches", type=int, default=20,
-                     help="validation batches per evaluation, a fixed sample (default: 20)")
+    run.add_argument("--eval-every", type=int, default=TRAIN.eval_every,
+                     help="steps between validation loss/perplexity measurements and checkpoints (default: %(default)s)")
+    run.add_argument("--eval-batches", type=int, default=TRAIN.eval_batches,
+                     help="validation batches per evaluation, a fixed sample (default: %(default)s)")
     run.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: --eval-every)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_parallel_options(p, "pretrain")

@@ -88,7 +88,7 @@ VAL_SEED = 1234  # the validation collator restarts from this seed at every eval
 class TrainConfig:
     """How to train. `batch_size` counts sequences per optimizer step over all processes and micro-batches."""
 
-    steps: int = 1000
+    steps: int = 500
     batch_size: int = 32
     grad_accum: int = 1
     lr: float = 1e-3
@@ -99,7 +99,7 @@ class TrainConfig:
     beta2: float = 0.95
     clip: float | None = 1.0
     dtype: str = "fp32"
-    eval_every: int = 250
+    eval_every: int = 100
     eval_batches: int | None = 20  # None: the whole validation split
     checkpoint_every: int | None = None  # default: eval_every
     seed: int = 0
