@@ -10,16 +10,29 @@ import dataclasses
 import pytest
 
 from lmlab.cli.main import build_parser
+from lmlab.data.cleaning import QualityRules
+from lmlab.data.pipeline import PrepareSettings
+from lmlab.generation.sampling import GenerationConfig
 from lmlab.training.pretrain import PretrainSettings
 from lmlab.training.trainer import TrainConfig
 
-FILLS = {"pretrain": (TrainConfig, PretrainSettings)}
-RENAMED = {"no_progress": None, "overrides": "overrides"}  # --no-progress fills `progress` as its negation
+FILLS = {  # command: the dataclasses its options fill
+    "pretrain": (TrainConfig, PretrainSettings),
+    "data prepare": (PrepareSettings, QualityRules),
+    "generate": (GenerationConfig,),
+    "chat": (GenerationConfig,),
+    "evaluate": (GenerationConfig,),
+}
+RENAMED = {"no_progress": "progress", "near_dup_threshold": "near_dedup_threshold"}  # option dest: field
+CONVERTED = {"overrides", "data"}  # --set FIELD=VALUE strings become a dict; no --data is the empty list
 
 
-def subparser(name: str) -> argparse.ArgumentParser:
-    action = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return action.choices[name]
+def subparser(path: str) -> argparse.ArgumentParser:
+    parser = build_parser()
+    for name in path.split():
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = action.choices[name]
+    return parser
 
 
 def defaults_of(classes: tuple[type, ...]) -> dict[str, object]:
@@ -38,11 +51,13 @@ def test_cli_defaults_equal_the_dataclass_defaults(command):
     parser, fields = subparser(command), defaults_of(FILLS[command])
     compared, differ = [], {}
     for action in parser._actions:
-        if action.dest in fields and action.dest not in RENAMED:
-            compared.append(action.dest)
-            if action.default != fields[action.dest] and not (action.default is None and fields[action.dest] == []):
-                differ[action.option_strings[0]] = (action.default, fields[action.dest])
-    assert len(compared) >= 15, compared  # the walk reaches the options (a guard against matching nothing)
+        field = RENAMED.get(action.dest, action.dest)
+        if field not in fields or action.dest in CONVERTED:
+            continue
+        compared.append(field)
+        default = not action.default if action.dest == "no_progress" else action.default
+        expected = list(fields[field]) if isinstance(fields[field], tuple) else fields[field]
+        if default != expected:
+            differ[action.option_strings[0]] = (default, expected)
+    assert len(compared) >= 6, compared  # the walk reaches the options (a guard against matching nothing)
     assert differ == {}, "CLI default vs dataclass default: " + repr(differ)
-    no_progress = parser.get_default("no_progress")
-    assert (not no_progress) == fields["progress"]

@@ -23,6 +23,9 @@ Without --input, prepares the corpus lmlab ships (stories, animal facts and sums
 written by a seeded grammar), about 1.6 MB of text."""
 
 
+PREPARE = PrepareSettings()  # the data preparation defaults, written once (in the dataclasses)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     data = subparsers.add_parser("data", help="prepare, inspect and mix pre-training data")
     commands = data.add_subparsers(title="data commands", metavar="<data command>")
@@ -40,32 +43,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR",
                    help="folder to create; a folder holding a different dataset is never overwritten")
     p.add_argument("--name", help="the dataset's name in a mixture (--mix NAME=WEIGHT); default: the folder's name")
-    p.add_argument("--seq-len", type=int, default=256,
+    p.add_argument("--seq-len", type=int, default=PREPARE.seq_len,
                    help="tokens the model reads per sequence (its context); each stored sequence has one more, "
-                        "the target of the last position (default: 256)")
-    p.add_argument("--val-fraction", type=float, default=0.1,
+                        "the target of the last position (default: %(default)s)")
+    p.add_argument("--val-fraction", type=float, default=PREPARE.val_fraction,
                    help="share of the packed sequences held out for validation, taken from the end of the "
-                        "(shuffled) stream (default: 0.1)")
-    p.add_argument("--text-field", default="text",
-                   help="the field (.jsonl/.json) or column (.csv/.parquet) holding the text (default: text)")
-    p.add_argument("--txt-split", choices=TXT_SPLITS, default="file",
+                        "(shuffled) stream (default: %(default)s)")
+    p.add_argument("--text-field", default=PREPARE.text_field,
+                   help="the field (.jsonl/.json) or column (.csv/.parquet) holding the text (default: %(default)s)")
+    p.add_argument("--txt-split", choices=TXT_SPLITS, default=PREPARE.txt_split,
                    help="what a document is in a .txt file: the whole file, or each block between blank lines "
-                        "(default: file)")
-    p.add_argument("--min-chars", type=int, default=QualityRules.min_chars,
-                   help=f"drop documents shorter than this many characters (default: {QualityRules.min_chars})")
+                        "(default: %(default)s)")
+    p.add_argument("--min-chars", type=int, default=PREPARE.rules.min_chars,
+                   help="drop documents shorter than this many characters (default: %(default)s)")
     p.add_argument("--max-chars", type=int, help="drop documents longer than this many characters (default: no limit)")
-    p.add_argument("--max-symbol-ratio", type=float, default=QualityRules.max_symbol_ratio,
+    p.add_argument("--max-symbol-ratio", type=float, default=PREPARE.rules.max_symbol_ratio,
                    help="drop documents where more than this share of the visible characters are neither letters nor "
-                        f"digits: markup, tables, code, junk (default: {QualityRules.max_symbol_ratio})")
-    p.add_argument("--near-dup-threshold", type=float, default=0.8,
+                        "digits: markup, tables, code, junk (default: %(default)s)")
+    p.add_argument("--near-dup-threshold", type=float, default=PREPARE.near_dedup_threshold,
                    help="drop a document whose estimated Jaccard similarity of word 5-gram sets with an earlier one "
-                        "is at least this (MinHash, 128 hashes, 16 LSH bands) (default: 0.8)")
+                        "is at least this (MinHash, 128 hashes, 16 LSH bands) (default: %(default)s)")
     p.add_argument("--no-near-dedup", action="store_true", help="skip near-duplicate removal")
     p.add_argument("--no-exact-dedup", action="store_true", help="keep documents whose text repeats another's exactly")
     p.add_argument("--no-shuffle", action="store_true",
                    help="pack documents in the order read (the validation split is then the end of the corpus)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the document shuffle (default: 0)")
-    p.add_argument("--shard-tokens", type=int, default=1 << 24,
+    p.add_argument("--seed", type=int, default=PREPARE.seed, help="seed of the document shuffle (default: %(default)s)")
+    p.add_argument("--shard-tokens", type=int, default=PREPARE.shard_tokens,
                    help="about how many tokens per shard file (default: 16M)")
     p.set_defaults(func=run_prepare)
 

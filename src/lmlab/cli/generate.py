@@ -74,31 +74,34 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                              "precise and a little bigger. GGUF Q4_0 / Q4_1 weights keep their own groups of 32")
 
 
+SAMPLING = GenerationConfig()  # the sampling defaults, written once (in the dataclass)
+
+
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("inference parameters")
-    group.add_argument("--max-new-tokens", type=int, default=128, metavar="N",
-                       help="stop after N new tokens (default 128)")
+    group.add_argument("--max-new-tokens", type=int, default=SAMPLING.max_new_tokens, metavar="N",
+                       help="stop after N new tokens (default %(default)s)")
     group.add_argument("--do-sample", action="store_true",
                        help="random sampling: draw each token from the distribution instead of taking the most "
                             "probable one (greedy)")
-    group.add_argument("--temperature", type=float, default=1.0, metavar="T",
+    group.add_argument("--temperature", type=float, default=SAMPLING.temperature, metavar="T",
                        help="divide the logits by T before the softmax: below 1 the distribution sharpens "
-                            "towards the top token, above 1 it flattens; 0 is greedy (default 1.0)")
-    group.add_argument("--top-k", type=int, default=0, metavar="K",
-                       help="sample only among the K most probable tokens (default 0: all)")
-    group.add_argument("--top-p", type=float, default=1.0, metavar="P",
+                            "towards the top token, above 1 it flattens; 0 is greedy (default %(default)s)")
+    group.add_argument("--top-k", type=int, default=SAMPLING.top_k, metavar="K",
+                       help="sample only among the K most probable tokens (default %(default)s: all)")
+    group.add_argument("--top-p", type=float, default=SAMPLING.top_p, metavar="P",
                        help="nucleus sampling: sample only among the smallest set of most probable tokens whose "
-                            "probabilities sum to at least P, in (0, 1] (default 1.0: all)")
-    group.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R",
+                            "probabilities sum to at least P, in (0, 1] (default %(default)s: all)")
+    group.add_argument("--repetition-penalty", type=float, default=SAMPLING.repetition_penalty, metavar="R",
                        help="make tokens already in the text less likely: their positive logits are divided by R "
-                            "and negative ones multiplied (CTRL, Keskar et al. 2019; default 1.0: none, 1.2 is usual)")
-    group.add_argument("--num-beams", type=int, default=1, metavar="N",
+                            "and negative ones multiplied (CTRL, Keskar et al. 2019; default %(default)s: none, 1.2 is usual)")
+    group.add_argument("--num-beams", type=int, default=SAMPLING.num_beams, metavar="N",
                        help="beam search: keep the N most probable partial texts at each step instead of one, and "
-                            "return the best finished one (default 1: no beam search; cannot stream or sample)")
-    group.add_argument("--length-penalty", type=float, default=1.0, metavar="L",
+                            "return the best finished one (default %(default)s: no beam search; cannot stream or sample)")
+    group.add_argument("--length-penalty", type=float, default=SAMPLING.length_penalty, metavar="L",
                        help="beam search ranks finished texts by log-probability / length**L: above 0 favours "
-                            "longer texts (default 1.0)")
-    group.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                            "longer texts (default %(default)s)")
+    group.add_argument("--stop", action="append", default=list(SAMPLING.stop), metavar="TEXT",
                        help="end the text where TEXT appears (not included; \\n stands for a new line); repeatable")
     group.add_argument("--seed", type=int, metavar="N", help="seed of the sampler, for a reproducible draw")
     group.add_argument("--truncate", action="store_true",
