@@ -77,7 +77,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 SAMPLING = GenerationConfig()  # the sampling defaults, written once (in the dataclass)
 
 
-def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+def add_sampling_arguments(parser: argparse.ArgumentParser, search: bool = True) -> argparse._ArgumentGroup:
+    """The inference parameters (GenerationConfig's fields), declared once for generate, chat, evaluate and icl;
+    `search` adds beam search, the sampler's seed and --truncate (icl has its own seed and no beams)."""
     group = parser.add_argument_group("inference parameters")
     group.add_argument("--max-new-tokens", type=int, default=SAMPLING.max_new_tokens, metavar="N",
                        help="stop after N new tokens (default %(default)s)")
@@ -95,18 +97,21 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--repetition-penalty", type=float, default=SAMPLING.repetition_penalty, metavar="R",
                        help="make tokens already in the text less likely: their positive logits are divided by R "
                             "and negative ones multiplied (CTRL, Keskar et al. 2019; default %(default)s: none, 1.2 is usual)")
+    group.add_argument("--stop", action="append", default=list(SAMPLING.stop), metavar="TEXT",
+                       help="end the text where TEXT appears (not included; \\n stands for a new line); repeatable")
+    if not search:
+        return group
     group.add_argument("--num-beams", type=int, default=SAMPLING.num_beams, metavar="N",
                        help="beam search: keep the N most probable partial texts at each step instead of one, and "
                             "return the best finished one (default %(default)s: no beam search; cannot stream or sample)")
     group.add_argument("--length-penalty", type=float, default=SAMPLING.length_penalty, metavar="L",
                        help="beam search ranks finished texts by log-probability / length**L: above 0 favours "
                             "longer texts (default %(default)s)")
-    group.add_argument("--stop", action="append", default=list(SAMPLING.stop), metavar="TEXT",
-                       help="end the text where TEXT appears (not included; \\n stands for a new line); repeatable")
     group.add_argument("--seed", type=int, metavar="N", help="seed of the sampler, for a reproducible draw")
     group.add_argument("--truncate", action="store_true",
                        help="if the prompt does not fit the model's context window, drop its oldest tokens "
                             "instead of stopping with an error")
+    return group
 
 
 def unescape(text: str) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from lmlab.cli.generate import add_model_arguments, load, unescape
+from lmlab.cli.generate import add_model_arguments, add_sampling_arguments, load, unescape
 from lmlab.cli.options import GREEDY, Applies, check_applies
 from lmlab.errors import LmlabError
 from lmlab.evaluation.harness import PromptedModel
@@ -47,8 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "(n-gram and longest-common-subsequence overlap, 0 to 1). The examples come from the records\n"
             "after the first --n, never the query itself.\n\n"
             "With no options it runs the embedded SmolLM2-135M-Instruct on 40 dialogues shipped with\n"
-            "lmlab (--n 10, shots 0,1,2, greedy, answers of one line and at most 50 tokens): a few\n"
-            "minutes on 2 CPU cores.\n"
+            "lmlab (--n 10, shots 0,1,2, greedy, answers of one line and at most 50 tokens; --stop ''\n"
+            "lets an answer run past its line): a few minutes on 2 CPU cores.\n"
             "It prints a table (one row per shot count and setting) and writes to --out:\n"
             "  predictions.jsonl  one line per example and setting: the prompt's size, the answer,\n"
             "                     the references and the answer's ROUGE\n"
@@ -88,26 +88,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "a chat template)")
     prompt.add_argument("--seed", type=int, default=0, metavar="N",
                         help="seed of the choice of examples and of sampling (default: %(default)s)")
-    inference = parser.add_argument_group("inference parameters")
-    inference.add_argument("--max-new-tokens", type=int, default=50, metavar="N",
-                           help="stop each answer after N new tokens (default: %(default)s; a DialogSum "
-                                "summary is about 25 tokens)")
-    inference.add_argument("--do-sample", action="store_true",
-                           help="draw each token at random from the distribution instead of taking the most "
-                                "probable one (greedy, the default)")
-    inference.add_argument("--temperature", type=float, default=1.0, metavar="T",
-                           help="with --do-sample: divide the logits by T before the softmax; below 1 sharpens, "
-                                "above 1 flattens (default: %(default)s)")
-    inference.add_argument("--top-k", type=int, default=0, metavar="K",
-                           help="with --do-sample: draw only among the K most probable tokens (default: 0, all)")
-    inference.add_argument("--top-p", type=float, default=1.0, metavar="P",
-                           help="with --do-sample: draw only among the smallest set of top tokens whose "
-                                "probabilities reach P (nucleus sampling; default: %(default)s, all)")
-    inference.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R",
-                           help="make tokens already in the text less likely, by R (default: %(default)s, none)")
-    inference.add_argument("--stop", action="append", metavar="TEXT",
-                           help="end an answer where TEXT appears; repeatable (default: a new line, for one-line "
-                                "answers; --stop '' for none)")
+    inference = add_sampling_arguments(parser, search=False)
+    parser.set_defaults(max_new_tokens=50, stop=None)  # summaries of one line (about 25 tokens in DialogSum)
     inference.add_argument("--sweep", metavar="PARAM=V,V,...",
                            help="compare inference settings: one run per value of PARAM, one of "
                                 f"{', '.join(SWEEPABLE)}; sweeping temperature, top_k or top_p turns sampling "
