@@ -41,6 +41,8 @@ def test_card_parses_and_carries_the_measured_loss(run, tiny_model):
                     "## Limitations, bias, risks and privacy", "## Environmental impact"):
         assert section in card.text
     assert "LoRA (Hu et al. 2021), rank 8" in card.text and "Steps: 3" in card.text
+    hyperparameters = next(line for line in card.text.splitlines() if line.startswith("- Hyperparameters"))
+    assert "epochs" not in hyperparameters  # --steps 3 replaced the default 3 epochs
     assert "g CO2e (estimated" in card.text and "kWh" in card.text
     assert ModelCard.load(run / "adapter" / "README.md").data.eval_results[0].metric_value == measured
 

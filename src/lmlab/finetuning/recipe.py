@@ -351,7 +351,8 @@ def _card_facts(s: FinetuneSettings, model: torch.nn.Module, n_total: int, train
                for name, value in scores.items()]
     method = (f"LoRA (Hu et al. 2021), rank {s.lora_rank}, alpha {s.lora_alpha:g}, dropout {s.lora_dropout:g}, "
               f"on {s.lora_targets}; merged into the base weights" if s.method == "lora" else "full fine-tuning")
-    hyper = {"lr": train.lr, "batch size": s.batch_size, "epochs": s.epochs, "weight decay": s.weight_decay,
+    epochs = {"epochs": s.epochs} if s.steps is None else {}  # --steps replaces epochs: the card says the steps
+    hyper = {"lr": train.lr, "batch size": s.batch_size, **epochs, "weight decay": s.weight_decay,
              "warmup steps": train.warmup, "dtype": s.dtype, "seed": s.seed}
     tokens = trained.history[-1].get("tokens") if trained.history else trained.tokens
     return run_card_facts(Path(s.out).name, model.config, n_total, method, hyper, trained.steps, tokens, wall_seconds,
