@@ -272,7 +272,13 @@ class Engine:
             pass
 
     def start(self) -> None:
-        """Run the steps in a background thread, which sleeps while there is no work."""
+        """Run the steps in a background thread, which sleeps while there is no work.
+
+        On a CPU with few cores, steps are faster in the thread that loaded the model (`run_until_idle`,
+        other threads submitting), or with the model loaded in a thread that has ended: each thread that
+        runs parallel operations keeps an OpenMP team, and more team threads than cores make every
+        operation wake a sleeping worker (docs/inference.md).
+        """
         with self._lock:
             if self._thread is not None:
                 return
