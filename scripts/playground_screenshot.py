@@ -10,15 +10,12 @@ alternatives of one token, and saves docs/playground.png.
 from __future__ import annotations
 
 import argparse
-import socket
-import threading
-import time
 from pathlib import Path
 
 import torch
 from playwright.sync_api import sync_playwright
 
-from lmlab.serving import ServeSettings, build_server
+from lmlab.serving import ServeSettings, build_server, serve_in_thread
 
 CHROMIUM = "/usr/lib/chromium/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -33,34 +30,23 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    server = build_server(ServeSettings(log_level="warning"))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 860})
-            page.set_default_timeout(300_000)
-            while not server.started:
-                time.sleep(0.1)
-            page.goto(url + "/")
-            page.wait_for_selector("#status:text-is('ready')")
-            page.fill("#prompt", QUESTION)
-            page.fill("#max_tokens", "80")
-            page.fill("#temperature", "0.3")
-            page.fill("#seed", "1")
-            page.check("#show-probabilities")
-            page.click("#submit")
-            page.wait_for_selector("#status:text-matches('^done')")
-            page.click("#output .token >> nth=4")
-            page.screenshot(path=str(args.out), full_page=True)
-            browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(60)
+    with serve_in_thread(build_server(ServeSettings(log_level="warning"))) as url, \
+            sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        page.set_default_timeout(300_000)
+        page.goto(url + "/")
+        page.wait_for_selector("#status:text-is('ready')")
+        page.fill("#prompt", QUESTION)
+        page.fill("#max_tokens", "80")
+        page.fill("#temperature", "0.3")
+        page.fill("#seed", "1")
+        page.check("#show-probabilities")
+        page.click("#submit")
+        page.wait_for_selector("#status:text-matches('^done')")
+        page.click("#output .token >> nth=4")
+        page.screenshot(path=str(args.out), full_page=True)
+        browser.close()
     print(f"wrote {args.out}")
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +13,7 @@ import openai
 import pytest
 import uvicorn
 
-from lmlab.serving import ServerLimits, ServeSettings, build_server
+from lmlab.serving import ServerLimits, ServeSettings, build_server, serve_in_thread
 from tiny_lm import make_tiny_checkpoint
 
 STARTUP_SECONDS = 120
@@ -60,21 +58,11 @@ def healthy(url: str, api_key: str | None = None) -> bool:
 
 @contextmanager
 def running(server: uvicorn.Server, wait: bool = True, api_key: str | None = None) -> Iterator[LiveServer]:
-    """Run a uvicorn server in a thread on a free loopback port; stop it on leaving."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: server.started, message="the server to listen")
+    """Run a uvicorn server in a thread on a free loopback port (once it answers /health unless not `wait`)."""
+    with serve_in_thread(server, STARTUP_SECONDS) as url:
         if wait:
             wait_until(lambda: healthy(url, api_key), message="the model to load")
         yield LiveServer(url, server)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=60)
-        sock.close()
 
 
 @contextmanager

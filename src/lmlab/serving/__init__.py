@@ -7,6 +7,6 @@ embeddings), server.py (uvicorn, graceful shutdown), static/ (the playground).
 """
 
 from lmlab.serving.app import Backend, ServerLimits, create_app
-from lmlab.serving.server import ServeSettings, build_server, serve
+from lmlab.serving.server import ServeSettings, build_server, serve, serve_in_thread
 
-__all__ = ["Backend", "ServeSettings", "ServerLimits", "build_server", "create_app", "serve"]
+__all__ = ["Backend", "ServeSettings", "ServerLimits", "build_server", "create_app", "serve", "serve_in_thread"]

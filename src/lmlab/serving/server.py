@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import socket
 import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import uvicorn
@@ -121,3 +124,25 @@ def serve(settings: ServeSettings) -> None:
     error = server.config.app.state.server.load_error
     if error is not None:
         raise error
+
+
+@contextlib.contextmanager
+def serve_in_thread(server: uvicorn.Server, timeout: float = 120.0) -> Iterator[str]:
+    """Run a built server in a background thread on a free 127.0.0.1 port (tests, scripts, notebooks), and
+    give its URL once it listens (the model may still be loading: /health says when it is ready); the server
+    stops on leaving."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise LmlabError(f"the server did not start listening within {timeout:g} s")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+        sock.close()
