@@ -37,6 +37,11 @@ the task, starting from what pre-training taught it.
   --task question-answering
                          a SQuAD v1.1 JSON file; a start/end head learns to point at the
                          answer's span in the context (extractive QA)
+  --task reward          preference pairs: "chosen" and "rejected" conversations as
+                         HH-RLHF stores them, or "prompt", "chosen", "rejected"; a scalar
+                         head learns r(x, y) with the Bradley-Terry loss
+                         -log sigmoid(r(x, chosen) - r(x, rejected)); evaluations report
+                         pairwise accuracy and margin (for `lmlab align --method ppo`)
 
   --method full   every weight trains (gradients and AdamW states for all of them)
   --method lora   the model is frozen; small low-rank matrices B·A are learned next to
@@ -63,6 +68,8 @@ examples:
       --eval-metric accuracy --out runs/reviews
   lmlab finetune minilm-l6 --task token-classification --data wnut17/train.conll --val wnut17/dev.conll \\
       --method full --lr 5e-5 --epochs 3 --out runs/ner          # then: lmlab run ner runs/ner/model
+  lmlab finetune --task reward --data hh_harmless.jsonl --lora-targets all-linear --lr 1e-4 \
+      --eval-metric accuracy --out runs/rm                        # then: lmlab align --method ppo --reward runs/rm/model
 """
 
 
@@ -78,10 +85,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--val", metavar="FILE", help="validation records (default: hold out --val-fraction of --data)")
     data.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
                       help="share of --data held out for validation when there is no --val (default: 0.1)")
-    data.add_argument("--task", choices=TASKS, default="generation",
+    data.add_argument("--task", choices=[t for t in TASKS if t != "dpo"], default="generation",
                       help="generation: learn to write the completion; classification, pair-classification, "
-                           "token-classification, question-answering: train the head `lmlab run` uses for the task "
-                           "(default: generation)")
+                           "token-classification, question-answering: train the head `lmlab run` uses for the task; "
+                           "reward: a reward model from preference pairs (default: generation)")
     data.add_argument("--prompt-field", default="prompt", metavar="NAME",
                       help="generation: the field holding the input (default: prompt)")
     data.add_argument("--completion-field", default="completion", metavar="NAME",
@@ -170,7 +177,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 RULES = (
     *(Applies(option, lambda a: a.task == "generation", "only applies to --task generation")
-      for option in ("--prompt-field", "--completion-field", "--template", "--instruction", "--chat", "--packing")),
+      for option in ("--completion-field", "--template", "--instruction", "--packing")),
+    *(Applies(option, lambda a: a.task in ("generation", "reward"), "only applies to --task generation or reward")
+      for option in ("--prompt-field", "--chat")),
     *(Applies(option, lambda a: a.task == "classification", "only applies to --task classification")
       for option in ("--text-field", "--label-field")),
     *(Applies(option, lambda a: a.method == "lora", "only applies to --method lora (full fine-tuning has no adapters)")

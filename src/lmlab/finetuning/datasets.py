@@ -46,7 +46,9 @@ from lmlab.records import read_records
 from lmlab.finetuning.task_data import (answer_span, encode_pair, is_squad, read_conll, read_label_lines, read_squad,
                                         word_tags)
 
-TASKS = ("generation", "classification", "pair-classification", "token-classification", "question-answering")
+TASKS = ("generation", "classification", "pair-classification", "token-classification", "question-answering",
+         "reward", "dpo")
+PREFERENCE_TASKS = ("reward", "dpo")  # preference pairs: lmlab.alignment.preferences
 LABELLED = ("classification", "pair-classification", "token-classification")  # tasks whose labels have names
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant")

@@ -5,7 +5,9 @@
 - generation: greedy answers to the validation prompts, scored with ROUGE
   (Lin 2004; `lmlab.evaluation.metrics.rouge`, equal to `rouge-score`);
 - classification: accuracy and macro-averaged F1 (each label's F1, averaged,
-  so a rare label counts as much as a frequent one).
+  so a rare label counts as much as a frequent one);
+- preference pairs: a reward model's pairwise accuracy and margin, DPO's
+  implicit-reward accuracy, margin, log-probabilities and KL (`lmlab.alignment`).
 
 Early stopping (Prechelt 1998, "Early Stopping - But When?") watches one of
 these after each evaluation and stops when it has not improved for `patience`
@@ -28,8 +30,9 @@ from lmlab.finetuning.datasets import Collator, Example
 from lmlab.generation import GenerationConfig
 from lmlab.training.objectives import count_targets, loss_sum
 
-METRICS = {"loss": ("generation", "classification", "pair-classification", "token-classification", "question-answering"),
-           "rouge": ("generation",), "accuracy": ("classification", "pair-classification"),
+METRICS = {"loss": ("generation", "classification", "pair-classification", "token-classification", "question-answering",
+                    "reward", "dpo"),
+           "rouge": ("generation",), "accuracy": ("classification", "pair-classification", "reward", "dpo"),
            "f1": ("classification", "pair-classification")}
 HEADLINE = {"loss": "val_loss", "rouge": "rouge1", "accuracy": "accuracy", "f1": "f1"}
 
@@ -118,9 +121,18 @@ class Scores:
 
 def score(model: nn.Module, tokenizer, examples: Sequence[Example], collator: Collator, task: str,
           metric: str, sample: int | None = None, batch_size: int = 8, max_new_tokens: int = 64,
-          dtype: str = "fp32", with_loss: bool = True) -> Scores:
+          dtype: str = "fp32", with_loss: bool = True, beta: float = 0.1) -> Scores:
     """Validation loss on every example (unless `with_loss` is false), and `metric` (besides loss) on the
-    first `sample` examples."""
+    first `sample` examples. Preference pairs (reward, dpo) are all scored: loss, pairwise accuracy, margin
+    (`lmlab.alignment`; `beta` is DPO's)."""
+    if task == "reward":
+        from lmlab.alignment.reward import score_pairs  # (lmlab.alignment reads data with lmlab.finetuning)
+
+        return Scores(score_pairs(model, examples, collator.pad_id, batch_size, dtype).values())
+    if task == "dpo":
+        from lmlab.alignment.dpo import score_dpo
+
+        return Scores(score_dpo(model, examples, collator.pad_id, beta, batch_size, dtype).values())
     values = {"val_loss": validation_loss(model, examples, collator, batch_size, dtype)} if with_loss else {}
     chosen = list(examples[:sample] if sample else examples)
     predictions = None

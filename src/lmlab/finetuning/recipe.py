@@ -25,6 +25,7 @@ al. 2018, appendix A.3: 5e-5, 3e-5 or 2e-5).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -36,7 +37,7 @@ import torch
 
 from lmlab.config import ModelConfig
 from lmlab.errors import LmlabError
-from lmlab.finetuning.datasets import Collator, DataFormat, FinetuneData, load_data
+from lmlab.finetuning.datasets import PREFERENCE_TASKS, Collator, DataFormat, FinetuneData, load_data
 from lmlab.finetuning.evaluate import HEADLINE, Scores, check_metric, higher_is_better, score
 from lmlab.finetuning.prepare import MemoryPlan, attach_head, enable_gradient_checkpointing, plan_memory
 from lmlab.hub.checkpoint import save_checkpoint
@@ -57,7 +58,8 @@ DEFAULT_LR = {"full": 5e-5, "lora": 2e-4}
 WARMUP_SHARE = 0.05
 SUMMARY_FILE = "finetune.json"
 HEADS = {"classification": "sequence-classification", "pair-classification": "sequence-classification",
-         "token-classification": "token-classification", "question-answering": "question-answering"}
+         "token-classification": "token-classification", "question-answering": "question-answering",
+         "reward": "sequence-classification"}
 
 
 @dataclass
@@ -97,6 +99,7 @@ class FinetuneSettings:
     resume: bool = False  # continue the run in `out` from its last checkpoint
     skip_nonfinite: int = 0  # steps with a non-finite loss skipped before the run stops (TrainConfig)
     logger: str = "jsonl"  # where step metrics also go: lmlab.training.loggers
+    beta: float = 0.1  # dpo: the strength of the tie to the reference (lmlab.alignment.dpo)
 
 
 @dataclass
@@ -144,13 +147,20 @@ def check_settings(s: FinetuneSettings) -> None:
         raise LmlabError(f"early-stopping patience must be at least 1 evaluation, not {s.early_stopping}")
     if s.eval_samples < 1:
         raise LmlabError(f"evaluation samples must be at least 1, not {s.eval_samples}")
+    if s.beta <= 0:
+        raise LmlabError(f"beta must be positive, not {s.beta:g}")
     if s.save_adapter_only and s.method != "lora":
         raise LmlabError("only a LoRA fine-tune has an adapter to save alone; drop --save-adapter-only")
 
 
 def check_task_fits(task: str, config: ModelConfig, name: str) -> None:
     """Generation writes text token by token, which takes a decoder with a language-modelling head; an encoder
-    (BERT-like) reads its whole input at once and can only learn to classify it."""
+    (BERT-like) reads its whole input at once and can only learn to classify it. DPO trains a language model,
+    not a reward model."""
+    if task == "dpo":
+        from lmlab.alignment.dpo import check_policy  # (lmlab.alignment reads data with lmlab.finetuning)
+
+        check_policy(config, name)
     if task == "generation" and (not config.has_decoder or config.head != "lm"):
         kind = "an encoder (BERT-like) model" if not config.has_decoder else f"a model with a {config.head} head"
         raise LmlabError(f"{name} is {kind}: it cannot write text, so it cannot be fine-tuned for generation; "
@@ -179,7 +189,7 @@ class EarlyStopping:
         if s.eval_metric != "loss":
             values.update(score(trainer.model, self.tokenizer, self.data.validation, self.collator, self.data.task,
                                 s.eval_metric, s.eval_samples, s.batch_size, s.max_new_tokens, s.dtype,
-                                with_loss=False).values)
+                                with_loss=False, beta=s.beta).values)
         value = values[self.metric]
         self.evaluations.append({"step": metrics.step, **values})
         better = self.best is None or (value > self.best if higher_is_better(s.eval_metric) else value < self.best)
@@ -224,6 +234,10 @@ def _identity(s: FinetuneSettings, train: TrainConfig) -> dict[str, Any]:
 
 def finetune(s: FinetuneSettings, env: DistEnv | None = None) -> FinetuneResult:
     """Fine-tune as `s` says; see the module docstring for the steps."""
+    from lmlab.alignment.dpo import cache_reference_logps, dpo_loss_sum
+    from lmlab.alignment.preferences import PairCollator, count_pairs, load_preferences
+    from lmlab.alignment.reward import REWARD_LABEL, reward_loss_sum
+
     start = time.perf_counter()
     memory = PeakMemory()  # the process's resident memory before the model is loaded, and its peak after
     env = env or DistEnv()
@@ -241,22 +255,28 @@ def finetune(s: FinetuneSettings, env: DistEnv | None = None) -> FinetuneResult:
     if fmt.max_length > model.config.max_seq_len:
         fmt = replace(fmt, max_length=model.config.max_seq_len)
         say(f"sequences cut to the model's context window of {fmt.max_length} tokens")
-    data = load_data(s.data, fmt, tokenizer, s.validation, s.validation_fraction, s.seed, s.packing,
-                     eos_id=model.config.eos_token_id)
+    if fmt.task in PREFERENCE_TASKS:
+        if s.packing:
+            raise LmlabError("packing joins generation examples; preference pairs are not packed")
+        data = load_preferences(s.data, fmt, tokenizer, s.validation, s.validation_fraction, s.seed,
+                                eos_id=model.config.eos_token_id)
+    else:
+        data = load_data(s.data, fmt, tokenizer, s.validation, s.validation_fraction, s.seed, s.packing,
+                         eos_id=model.config.eos_token_id)
     say(f"data: {data.describe()}")
     if not data.validation and (s.early_stopping or s.eval_metric != "loss"):
         raise LmlabError("evaluation and early stopping need validation examples; give --val or a larger "
                          "--val-fraction")
 
     # 3. A task head replaces the language-modelling head.
-    if data.task != "generation":
+    if data.task in HEADS:
         head = HEADS[data.task]
-        attach_head(model, head, data.labels, s.seed)
+        attach_head(model, head, [REWARD_LABEL] if data.task == "reward" else data.labels, s.seed)
         say(f"new {head} head" + (f" for {len(data.labels)} labels: {', '.join(data.labels)}" if data.labels else ""))
 
     # 4. What trains, and the memory it takes.
     report = None
-    trainable = ["head"] if data.task != "generation" else []
+    trainable = ["head"] if data.task in HEADS else []
     if s.method == "lora":
         report = apply_lora(model, s.lora_targets, s.lora_rank, s.lora_alpha, s.lora_dropout, trainable, s.seed)
         say(report.format())
@@ -267,10 +287,14 @@ def finetune(s: FinetuneSettings, env: DistEnv | None = None) -> FinetuneResult:
     micro_batch = s.batch_size // (env.world_size * s.grad_accum) or 1
     pad_id = next(i for i in (tokenizer.pad_id, model.config.pad_token_id, model.config.eos_token_id, 0)
                   if i is not None)
-    collator = Collator(data.task, pad_id)
-    inputs = data.max_tokens - (data.task == "generation")  # a generation example's last token is only a target
-    plan = plan_memory(model, micro_batch, inputs, s.dtype, s.gradient_checkpointing, collator, data.task,
-                       data.max_labelled)
+    preference = data.task in PREFERENCE_TASKS
+    if preference:  # a pair is two sequences: the chosen and the rejected answer
+        collator = PairCollator(pad_id, scored="last" if data.task == "reward" else "completion")
+    else:
+        collator = Collator(data.task, pad_id)
+    inputs = data.max_tokens - (data.task in ("generation", "dpo"))  # a last token only a target
+    plan = plan_memory(model, micro_batch * (1 + preference), inputs, s.dtype, s.gradient_checkpointing, collator,
+                       data.task, data.max_labelled)
     say(plan.format())
     check_fits("this fine-tune", plan.total, "choose a smaller --batch-size (or more --grad-accum), a shorter "
                "--max-length, --method lora or --grad-checkpointing")
@@ -286,6 +310,13 @@ def finetune(s: FinetuneSettings, env: DistEnv | None = None) -> FinetuneResult:
     train_config.check(env)  # before the run folder is made: a refused setting leaves nothing behind
     with run_on_main(lambda: open_run(s.out, _identity(s, train_config), s.resume), env) as run:
         objective = Objective(f"fine-tuning ({data.task}, {s.method})", lambda seed: collator)
+        if data.task == "reward":
+            objective = Objective(f"reward model (Bradley-Terry, {s.method})", lambda seed: collator,
+                                  reward_loss_sum, count_pairs)
+        elif data.task == "dpo":
+            cache_reference_logps(model, data.train + data.validation, pad_id, s.batch_size, s.dtype, s.progress)
+            objective = Objective(f"DPO (beta {s.beta:g}, {s.method})", lambda seed: collator,
+                                  functools.partial(dpo_loss_sum, beta=s.beta), count_pairs)
         monitor = EarlyStopping(s, data, collator, tokenizer, say)
         trainer = Trainer(model, objective, {"train": data.train},
                           {"validation": data.validation} if data.validation else {}, train_config, run,
@@ -306,7 +337,7 @@ def finetune(s: FinetuneSettings, env: DistEnv | None = None) -> FinetuneResult:
         if data.validation:
             kept_last = monitor.best_state is None and trained.val_loss is not None and not trained.stopped_early
             scores = score(model, tokenizer, data.validation, collator, data.task, s.eval_metric, s.eval_samples,
-                           s.batch_size, s.max_new_tokens, s.dtype, with_loss=not kept_last).values
+                           s.batch_size, s.max_new_tokens, s.dtype, with_loss=not kept_last, beta=s.beta).values
             if kept_last:  # the trainer measured the final weights' validation loss at its last step
                 scores = {"val_loss": trained.val_loss, **scores}
             say(f"final ({'best step ' + str(monitor.best_step) if monitor.best_state else 'last step'}): "

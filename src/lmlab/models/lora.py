@@ -24,9 +24,10 @@ Dettmers et al. 2023, section 4).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -69,6 +70,7 @@ class LoRALinear(nn.Linear):
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, **factory))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5), generator=generator)
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.enabled = True
 
     def delta_weight(self) -> torch.Tensor:
         """The learned update (alpha/r) · B A, shaped like the base weight."""
@@ -76,6 +78,8 @@ class LoRALinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         base = nn.functional.linear(x, self.weight, self.bias)
+        if not self.enabled:
+            return base
         update = nn.functional.linear(nn.functional.linear(self.lora_dropout(x), self.lora_A), self.lora_B)
         return base + update * self.scaling
 
@@ -206,6 +210,20 @@ def _replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Run `model` as its frozen base: every adapter off inside the block (PEFT's `disable_adapter`). DPO and
+    PPO use the base of a LoRA model as their reference this way, without a second copy of the weights."""
+    adapted = lora_modules(model).values()
+    for module in adapted:
+        module.enabled = False
+    try:
+        yield model
+    finally:
+        for module in adapted:
+            module.enabled = True
 
 
 def merge_lora(model: nn.Module) -> nn.Module:

@@ -39,10 +39,18 @@ T5_SENTINELS = 100  # T5's vocabulary reserves <extra_id_0> ... <extra_id_99>
 
 @dataclass
 class Objective:
-    """A pre-training objective: its name and how to make a seeded collator for it."""
+    """A training objective: its name, how to make a seeded collator for it, the sum of its loss over a
+    batch and the count that sum is divided by (labelled tokens by default; preference pairs for reward
+    models and DPO, `lmlab.alignment`)."""
 
     name: str
-    make_collator: Callable[[int], Callable[[list[torch.Tensor]], dict[str, torch.Tensor]]]
+    make_collator: Callable[[int], Callable[[list[Any]], dict[str, torch.Tensor]]]
+    loss: Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor] | None = None
+    count: Callable[[dict[str, torch.Tensor]], int] | None = None
+
+    def __post_init__(self) -> None:
+        self.loss = self.loss or loss_sum
+        self.count = self.count or count_targets
 
 
 def sentinel_token(n: int) -> str:

@@ -65,7 +65,7 @@ from lmlab.planning.memory import TrainingPlan, plan_training_memory
 from lmlab.planning.units import format_bytes
 from lmlab.training.distributed import DistEnv, Strategy, all_reduce_sum, gather_to_main
 from lmlab.training.fsdp import ParallelConfig, build_strategy
-from lmlab.training.objectives import Objective, count_targets, loss_sum
+from lmlab.training.objectives import Objective
 from lmlab.training.loggers import LOGGERS, LoggerKind, open_logger
 from lmlab.training.observe import REPORT_FILE, StepObserver
 from lmlab.training.optim import WarmupCosine
@@ -549,7 +549,7 @@ class Trainer:
         """One optimizer step over this rank's micro-batches: (mean loss of the global batch, gradient norm, lr).
         A step whose loss or gradient norm is not finite leaves the weights and optimizer unchanged."""
         env = self.env
-        n_targets = all_reduce_sum(torch.tensor([float(sum(count_targets(b) for b in batches))]), env)[0]
+        n_targets = all_reduce_sum(torch.tensor([float(sum(self.objective.count(b) for b in batches))]), env)[0]
         lr = self.schedule.apply(optimizer, step)
         if not wrapped.training:  # (evaluation or an on_step callback may have left it in eval mode)
             wrapped.train()
@@ -557,7 +557,7 @@ class Trainer:
         for m, batch in enumerate(batches):
             with contextlib.nullcontext() if m == len(batches) - 1 else self.strategy.no_sync(wrapped):
                 with autocast:
-                    loss = loss_sum(wrapped, batch)
+                    loss = self.objective.loss(wrapped, batch)
                 # each rank's share of the global mean; DDP then averages the ranks' gradients, hence x world_size
                 (loss * (env.world_size / n_targets)).backward()
             loss_total += loss.detach()
@@ -619,10 +619,10 @@ class Trainer:
             for b in range(self.env.rank, math.ceil(len(batches) / ranks) * ranks, ranks):
                 batch = self._to_device(batches[min(b, len(batches) - 1)])
                 with autocast:
-                    loss = loss_sum(model, batch).float().cpu()
+                    loss = self.objective.loss(model, batch).float().cpu()
                 if b < len(batches):
                     totals[0] += loss
-                    totals[1] += count_targets(batch)
+                    totals[1] += self.objective.count(batch)
             all_reduce_sum(totals, self.env)
             metrics.val_by_set[name] = float(totals[0] / totals[1])
             grand += totals
