@@ -92,3 +92,29 @@ def test_dpo_loss_gradients_and_rewards_equal_trl(tmp_path, tiny_model):
             assert torch.allclose(grad, trl_grads[name], atol=1e-6), name
             compared += 1
     assert compared >= len(grads) - 1  # every weight (a tied output matrix is the embedding's)
+
+
+def test_align_dpo_lora_raises_the_implicit_reward_accuracy(tmp_path, tiny_model):
+    records = [{**r, "rejected": "I will not say"} for r in colour_pairs(32)]
+    train = write_jsonl(tmp_path / "train.jsonl", records)
+    code = main(["align", str(tiny_model), "--method", "dpo", "--data", str(train), "--val", str(train),
+                 "--lora-targets", "all-linear", "--lr", "1e-2", "--steps", "20", "--batch-size", "8",
+                 "--eval-every", "20", "--no-progress", "--out", str(tmp_path / "dpo")])
+    assert code == 0
+    scores = json.loads((tmp_path / "dpo" / "finetune.json").read_text())["scores"]
+    assert scores["accuracy"] >= 0.9 and scores["margin"] > 0 and scores["kl"] > 0
+    assert (tmp_path / "dpo" / "adapter").is_dir() and (tmp_path / "dpo" / "model").is_dir()
+
+
+def test_align_refuses_a_reward_model_in_one_line(tmp_path, tiny_model, capsys):
+    train = write_jsonl(tmp_path / "train.jsonl", colour_pairs(8))
+    assert main(["finetune", str(tiny_model), "--task", "reward", "--data", str(train), "--steps", "1",
+                 "--batch-size", "2", "--no-progress", "--save-adapter-only", "--method", "full",
+                 "--out", str(tmp_path / "rm")]) != 0  # (refused: full fine-tuning has no adapter)
+    assert main(["finetune", str(tiny_model), "--task", "reward", "--data", str(train), "--steps", "1",
+                 "--batch-size", "2", "--no-progress", "--method", "full", "--out", str(tmp_path / "rm")]) == 0
+    capsys.readouterr()
+    code = main(["align", str(tmp_path / "rm" / "model"), "--method", "dpo", "--data", str(train),
+                 "--out", str(tmp_path / "dpo")])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and "is a reward model" in err and "\n" not in err and not (tmp_path / "dpo").exists()

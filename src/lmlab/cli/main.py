@@ -28,6 +28,7 @@ COMMAND_MODULES = [  # in the order of a model's life
     "lmlab.cli.run",
     "lmlab.cli.icl",
     "lmlab.cli.finetune",
+    "lmlab.cli.align",
     "lmlab.cli.evaluate",
     "lmlab.cli.quantize",
     "lmlab.cli.export",
