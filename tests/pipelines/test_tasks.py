@@ -127,3 +127,29 @@ def test_run_writes_jsonl_in_input_order(tiny_chat, tmp_path, minilm_dir):
     assert main(["run", "sentence-similarity", "--data", str(data), "--out", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert rows[0][0] == pytest.approx(1.0, abs=1e-5) and rows[1][1] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_generative_answer_is_the_first_written_line():
+    from lmlab.pipelines.question_answering import first_line, qa_prompt
+
+    assert first_line("\n Gustave Eiffel.\nThe tower was designed by him.") == "Gustave Eiffel"
+    assert first_line("") == ""
+    turns = qa_prompt("Who?", "Tom said hello.", chat=True)
+    assert [t["role"] for t in turns] == ["user", "assistant", "user"] and "Tom said hello." in turns[-1]["content"]
+    plain = qa_prompt("Who?", "Tom said hello.", chat=False)
+    assert plain.endswith("Context: Tom said hello.\n\nQuestion: Who?\nAnswer:")
+
+
+def test_a_prefix_longer_than_the_window_is_scored_on_its_last_tokens(tiny_chat):
+    import torch
+    import torch.nn.functional as F
+
+    from lmlab.pipelines.scoring import continuation_logprobs
+
+    model = tiny_chat[0].model
+    window = model.config.max_seq_len
+    prefix, continuation = [5 + i % 50 for i in range(window + 20)], [7, 8, 9]
+    with torch.no_grad():  # by hand: the last window - 3 prefix tokens, then the continuation, in one pass
+        logprobs = F.log_softmax(model(torch.tensor([prefix[-(window - 3):] + continuation])).logits.float()[0], -1)
+    expected = sum(float(logprobs[window - 4 + i, token]) for i, token in enumerate(continuation))
+    assert continuation_logprobs(model, [(prefix, continuation)], 0)[0] == pytest.approx(expected, abs=1e-4)

@@ -9,7 +9,8 @@
   characters are cut from the context (transformers' question-answering
   pipeline, the same steps and defaults).
 - Generative (the default, on SmolLM2-135M-Instruct): the model is asked to
-  answer with a phrase copied from the context; the answer's score is its
+  answer with a phrase copied from the context, after one written example
+  (`QA_DEMONSTRATION`); the answer is the first line it writes; the answer's score is its
   probability under the model, P(answer | prompt), and start/end locate it in
   the context (both 0 when it is not a span of it).
 """
@@ -31,6 +32,28 @@ from lmlab.pipelines.scoring import continuation_logprobs
 
 QA_PROMPT = ("Answer the question with a short phrase copied from the context.\n\n"
              "Context: {context}\n\nQuestion: {question}")
+# One written demonstration before the question (Brown et al. 2020, one-shot): SmolLM2-135M then answers
+# with a phrase more often than with a sentence. SQuAD F1 on 12 questions of XQuAD articles 1-12 (the half
+# bench_tasks does not score): 0.18 with it, against 0.10 as plain text and a sentence or a guess without it.
+QA_DEMONSTRATION = ("The Eiffel Tower was completed in 1889 for the World's Fair in Paris. It was designed by the "
+                    "engineering company of Gustave Eiffel.", "Whose company designed the Eiffel Tower?",
+                    "Gustave Eiffel")
+
+
+def qa_prompt(question: str, context: str, chat: bool) -> str | list[dict[str, str]]:
+    """The generative QA prompt: the demonstration, then the question; chat turns or plain text."""
+    shown, asked, answer = QA_DEMONSTRATION
+    demo, query = (QA_PROMPT.format(context=shown, question=asked), QA_PROMPT.format(context=context,
+                                                                                     question=question))
+    if chat:
+        return [*user_message(demo), {"role": "assistant", "content": answer}, *user_message(query)]
+    return f"{demo}\nAnswer: {answer}\n\n{query}\nAnswer:"
+
+
+def first_line(text: str) -> str:
+    """The written answer: its first non-empty line, without a final full stop."""
+    line = next((line for line in text.splitlines() if line.strip()), "")
+    return line.strip().rstrip(".").strip()
 
 
 def select_spans(start: np.ndarray, end: np.ndarray, context_mask: np.ndarray, top_k: int,
@@ -119,11 +142,10 @@ class QuestionAnsweringPipeline(Pipeline):
 
     def _generate(self, items: list[tuple[str, str]]) -> list[list[dict[str, Any]]]:
         prompted = PromptedModel.create(self.model, self.tokenizer)
-        prompts = [prompted.ids(user_message(QA_PROMPT.format(context=c, question=q)) if prompted.chat
-                                else QA_PROMPT.format(context=c, question=q) + "\nAnswer:") for q, c in items]
+        prompts = [prompted.ids(qa_prompt(q, c, prompted.chat)) for q, c in items]
         texts = prompted.complete(prompts, GenerationConfig(max_new_tokens=self.max_new_tokens, truncate=True),
                                   self.batch_size)
-        answers = [text.strip().rstrip(".").strip() for text in texts]
+        answers = [first_line(text) for text in texts]
         scored = continuation_logprobs(self.model, [(p, self.tokenizer.encode(a) or [pad_id(self.loaded)])
                                                     for p, a in zip(prompts, answers)], pad_id(self.loaded))
         out = []

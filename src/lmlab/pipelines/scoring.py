@@ -27,7 +27,13 @@ def _right_padded(rows: Sequence[list[int]], fill: int) -> tuple[torch.Tensor, t
 @torch.inference_mode()
 def continuation_logprobs(model: Transformer, pairs: Sequence[tuple[list[int], list[int]]], fill: int,
                           batch_size: int = 8) -> list[float]:
-    """sum_i log P(continuation_i | prefix, continuation_<i) for each (prefix ids, continuation ids)."""
+    """sum_i log P(continuation_i | prefix, continuation_<i) for each (prefix ids, continuation ids).
+
+    A pair longer than the model's context window loses the prefix's oldest tokens (as generation with
+    truncate=True does), keeping at least one; a continuation that alone does not fit is scored on the
+    tokens that do."""
+    window = model.config.max_seq_len
+    pairs = [(prefix[-max(1, window - len(cont)):], cont[:window - 1]) for prefix, cont in pairs]
     scores: list[float] = []
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
