@@ -28,6 +28,11 @@ def test_models_lists_the_served_model(api_server, tiny_model):
     assert [m.id for m in models.data] == [str(tiny_model)]
 
 
+def test_the_server_decodes_with_fused_projections_as_the_inference_commands(api_server):
+    attention = api_server.state.backend.engine.model.decoder.layers[0].attn
+    assert attention.qkv_proj is not None and "q_proj" not in attention._modules
+
+
 def test_greedy_completion_equals_lmlab_generate(api_server, tiny_model, capsys):
     answer = api_server.client().completions.create(model=str(tiny_model), prompt=PROMPT, max_tokens=12,
                                                     temperature=0)
