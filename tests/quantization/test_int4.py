@@ -146,11 +146,13 @@ def test_load_model_quantizes_on_load_and_a_low_bit_folder_keeps_its_format(mode
     folder = save_checkpoint(model, tmp_path / "fp32")
     int4 = load_model(str(folder), dtype="int4", group_size=32).model
     assert isinstance(int4.decoder.layers[0].attn.q_proj, Int4Linear) and int4.decoder.layers[0].ffn.up.group_size == 32
+    assert int4.decoder.final_norm.weight.dtype == torch.bfloat16  # the kernels' input dtype, end to end
     int8 = load_model(str(folder), dtype="int8").model
     assert isinstance(int8.decoder.layers[0].attn.q_proj, QuantizedLinear)
     saved = save_quantized(quantize_model(copy.deepcopy(model), Int4Spec(32)), tmp_path / "int4")
-    again = load_model(str(saved)).model  # fp32 activations, int4 weights as written
+    again = load_model(str(saved), dtype="int4").model  # the int4 weights as written, bf16 activations
     assert torch.equal(again(IDS).logits, int4(IDS).logits)
+    assert load_model(str(saved)).model(IDS).logits.dtype == torch.float32  # fp32 activations when asked
     with pytest.raises(LmlabError, match="holds int4 weights, not int8: load it with --dtype int4"):
         load_model(str(saved), dtype="int8")
 

@@ -66,8 +66,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="number format of the weights: fp32 (4 bytes each); bf16 (2 bytes, fp32's range with "
                              "less precision; computes in bf16 too); int8 (1 byte, one scale per output channel) or "
                              "int4 (half a byte, a scale and an offset per --group-size inputs): quantized on load "
-                             "and multiplied by PyTorch's low-bit CPU kernels, activations in fp32. Decoding reads "
-                             "every weight once per token, so fewer bytes decode faster (default fp32)")
+                             "and multiplied by PyTorch's low-bit CPU kernels, activations in bf16 (their input). "
+                             "Decoding reads every weight once per token, so fewer bytes decode faster (default fp32)")
     parser.add_argument("--group-size", type=int, metavar="G",
                         help=f"with --dtype int4: inputs sharing a scale and an offset, one of "
                              f"{', '.join(map(str, GROUP_SIZES))} (default {DEFAULT_GROUP_SIZE}); smaller is more "

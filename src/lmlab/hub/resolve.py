@@ -139,7 +139,7 @@ def load_model(reference: str = DEFAULT_MODEL, dtype: str | torch.dtype = torch.
     """Load any model reference as an lmlab Transformer in eval mode, with its tokenizer.
 
     `dtype` is fp32 or bf16 (a name or a torch dtype), or int8 / int4: the weights are quantized on load
-    (int4 in groups of `group_size`, default 64) and the model computes in fp32 with them, through the
+    (int4 in groups of `group_size`, default 64) and the model computes in bf16 with them, through the
     low-bit CPU kernels (lmlab.quantization.weight_format). A quantized checkpoint keeps the format it
     was written in (then `dtype` must name it, or fp32 / bf16 for the activations); a GGUF file keeps
     its Q4_0 / Q4_1 blocks as int4 and its Q8_0 ones as int8 where `dtype` asks for those bits.
@@ -159,7 +159,7 @@ def _load(reference: str, weights: WeightFormat, seed: int, head: str | None, fu
         config = get_preset(reference)
         check_fits(f"the {reference} preset ({count_parameters(config):,} fp32 weights)", 4 * count_parameters(config),
                    "`lmlab inspect params` and `lmlab plan memory` describe it without building it")
-        model = Transformer(config).init_weights(seed=seed).to(weights.compute_dtype).eval()
+        model = Transformer(config).init_weights(seed=seed).to(weights.load_dtype).eval()
         return LoadedModel(_quantize(model, weights, reference, fuse), None, reference,
                            f"preset {reference} (random weights, seed {seed})")
     if path.suffix == ".gguf":
@@ -168,23 +168,26 @@ def _load(reference: str, weights: WeightFormat, seed: int, head: str | None, fu
 
         reader = open_gguf(path)
         config = config_from_gguf(reader)
-        if weights.spec is None or fuse:  # fusing needs float layers: dequantize, fuse, then quantize
-            model = build_model(config, state_dict_from_gguf(reader, config), str(path), weights.compute_dtype)
+        if weights.spec is None:
+            model = build_model(config, state_dict_from_gguf(reader, config), str(path), weights.load_dtype)
             model = _quantize(model, weights, reference, fuse)
-        else:
+        else:  # low-bit layers built from the file's blocks, then fused as they are
             model = model_from_gguf(reader, config, weights.spec)
+            if fuse:
+                fuse_projections(model)
+            model = model.to(weights.compute_dtype)
         return LoadedModel(model, tokenizer_from_gguf(reader), reference, f"GGUF file {path}")
     if kind == "lmlab":
         if (path / "quantization.json").is_file():
             from lmlab.quantization.checkpoint import load_quantized
 
             model = load_quantized(path, weights.compute_dtype, expected=weights.spec)
-            if fuse:  # the layers left in floating point
+            if fuse:
                 fuse_projections(model)
             return LoadedModel(model, _tokenizer_or_none(path), reference, f"quantized lmlab checkpoint {path}")
-        return LoadedModel(_quantize(load_checkpoint(path, weights.compute_dtype), weights, reference, fuse),
+        return LoadedModel(_quantize(load_checkpoint(path, weights.load_dtype), weights, reference, fuse),
                            _tokenizer_or_none(path), reference, f"lmlab checkpoint {path}")
-    model = load_hf_folder(path, weights.compute_dtype, head=head)
+    model = load_hf_folder(path, weights.load_dtype, head=head)
     return LoadedModel(_quantize(model, weights, reference, fuse), _tokenizer_or_none(path), reference,
                        f"Hugging Face folder {path}")
 
@@ -199,7 +202,7 @@ def _quantize(model: Transformer, weights: WeightFormat, reference: str, fuse: b
     from lmlab.quantization.quantized_linear import quantize_model
 
     try:
-        return quantize_model(model, weights.spec)
+        return quantize_model(model, weights.spec).to(weights.compute_dtype)
     except LmlabError as err:
         raise LmlabError(f"{reference}: {err}") from None
 

@@ -112,7 +112,7 @@ class SlotCache:
         end = start + n_tokens
         if end > self.capacity:
             raise ValueError(f"slot holds {self.capacity} positions, {end} requested")
-        self._rows, self._write_at, self._n_keys = slice(slot, slot + 1), start, end
+        self._rows, self._write_at, self._n_keys = self._row_range(slot, slot + 1), start, end
         self.positions = torch.arange(start, end, device=self.device)[None]
         self.is_causal = start == 0 and n_tokens > 1
         self.mask = None
@@ -129,7 +129,7 @@ class SlotCache:
         cache is not advanced, so what they write is overwritten later.
         """
         lengths = self.lengths[:n_rows]
-        self._rows, self._n_keys = slice(0, n_rows), max(lengths) + 1
+        self._rows, self._n_keys = self._row_range(0, n_rows), max(lengths) + 1
         if self._n_keys > self.capacity:
             raise ValueError(f"slot holds {self.capacity} positions, {self._n_keys} requested")
         starts = torch.tensor(lengths, device=self.device)
@@ -146,6 +146,10 @@ class SlotCache:
             allowed = self._key_positions[None, : self._n_keys] <= starts[:, None]
             self.mask = self._additive(allowed[:, None, None])
         self._advance = [int(a) for a in active] + [0] * (self.slots - n_rows)
+
+    def _row_range(self, start: int, end: int) -> slice:
+        """Rows start .. end-1; all of them as `:`, which indexes without an operator call."""
+        return slice(None) if start == 0 and end == self.slots else slice(start, end)
 
     def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
         mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)

@@ -10,13 +10,20 @@ practice (Llama, T5):
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lmlab.config import ModelConfig
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square normalization, computed in float32 as Llama and T5 do."""
+    """Root-mean-square normalization, computed in float32 as Llama and T5 do.
+
+    One call of torch's rms_norm, whose kernel upcasts a bf16 / fp16 input, normalizes and scales in
+    float32 and rounds once. (Hugging Face's LlamaRMSNorm rounds the normalized vector to the input's
+    dtype before the scaling, a second rounding; in fp32 the two are the same.) A weight of another
+    dtype than the input's (mixed precision) takes the formula written out.
+    """
 
     def __init__(self, d_model: int, eps: float = 1e-6) -> None:
         super().__init__()
@@ -24,6 +31,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d_model))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == self.weight.dtype:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(x.dtype)

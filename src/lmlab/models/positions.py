@@ -49,7 +49,9 @@ class RotaryEmbedding(nn.Module):
     """Cos/sin tables for rotary position embedding, in the half-split layout Llama uses.
 
     Channel i of the first half is paired with channel i of the second half and
-    rotated by angle pos * theta^(-2i/d_head).
+    rotated by angle pos * theta^(-2i/d_head). The sine table is stored with its first half
+    negated, so that the rotation is two products on the input and on the input rolled by half
+    a head (apply_rotary): no slicing, negation or concatenation per call.
     """
 
     def __init__(self, d_head: int, max_seq_len: int, theta: float) -> None:
@@ -64,19 +66,24 @@ class RotaryEmbedding(nn.Module):
             inv_freq = 1.0 / (self.theta**exponents)
             angles = torch.outer(torch.arange(self.max_seq_len, dtype=torch.float32), inv_freq)
             angles = torch.cat([angles, angles], dim=-1)
+        sin = angles.sin()
+        half = self.d_head // 2
         self.register_buffer("cos", angles.cos(), persistent=False)
-        self.register_buffer("sin", angles.sin(), persistent=False)
+        self.register_buffer("signed_sin", torch.cat([-sin[:, :half], sin[:, half:]], dim=-1), persistent=False)
 
     def forward(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (cos, sin) of shape [B, 1, T, d_head] for broadcasting over heads."""
-        return self.cos[position_ids][:, None], self.sin[position_ids][:, None]
+        """Return (cos, signed sin) of shape [B, 1, T, d_head] for broadcasting over heads."""
+        return self.cos[position_ids][:, None], self.signed_sin[position_ids][:, None]
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the channel pairs of x [B, H, T, d_head]: x*cos + rotate_half(x)*sin."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return (x * cos + rotated * sin).to(x.dtype)
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the channel pairs of x [B, H, T, d_head]: x*cos + rotate_half(x)*sin.
+
+    rotate_half(x) = [-x2, x1] for the halves x1, x2 of x, so rotate_half(x)*sin equals
+    [x2, x1] * [-sin1, sin2] = roll(x, half) * signed_sin, exactly (a negation is exact).
+    """
+    out = x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
+    return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
 def relative_position_bucket(

@@ -125,9 +125,11 @@ def kernel_matmul(x: torch.Tensor, packed: torch.Tensor, group_size: int, scale_
     """x [..., in] Ŵᵀ with the packed int4 matrix, in x's dtype (the kernel computes on bf16 inputs)."""
     if x.device.type != "cpu":
         raise LmlabError(f"int4 layers run on PyTorch's CPU kernel; the input is on {x.device}")
-    rows = x.reshape(-1, x.shape[-1]).to(KERNEL_DTYPE).contiguous()
+    rows = x.reshape(-1, x.shape[-1])
+    rows = (rows if rows.dtype == KERNEL_DTYPE else rows.to(KERNEL_DTYPE)).contiguous()
     y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, packed, group_size, scale_offset)
-    return y.reshape(*x.shape[:-1], y.shape[-1]).to(x.dtype)
+    y = y.view(*x.shape[:-1], y.shape[-1])
+    return y if x.dtype == KERNEL_DTYPE else y.to(x.dtype)
 
 
 def kernel_operands(quantized: Int4Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,6 +172,23 @@ class Int4Linear(nn.Module):
 
     def store(self, quantized: Int4Tensor) -> None:
         self.packed, self.scale_offset = kernel_operands(quantized)
+
+    @classmethod
+    def stack_rows(cls, layers: list[Int4Linear]) -> Int4Linear | None:
+        """One layer whose rows are those of `layers` in order, with their codes, scales and offsets as
+        they are (lmlab.models.fusion); None if the layers differ in inputs, group size or bias."""
+        first = layers[0]
+        if any((layer.in_features, layer.group_size, layer.bias is None)
+               != (first.in_features, first.group_size, first.bias is None) for layer in layers):
+            return None
+        parts = [layer.quantized() for layer in layers]
+        fused = cls(first.in_features, sum(layer.out_features for layer in layers), first.bias is not None,
+                    first.group_size)
+        fused.store(Int4Tensor(*(torch.cat([getattr(part, field) for part in parts])
+                                 for field in ("q", "scale", "offset")), first.group_size))
+        if first.bias is not None:
+            fused.bias = nn.Parameter(torch.cat([layer.bias.detach() for layer in layers]), requires_grad=False)
+        return fused
 
     @torch.no_grad()
     def quantized(self) -> Int4Tensor:

@@ -120,15 +120,19 @@ def aligned(tensor: torch.Tensor) -> torch.Tensor:
 
 def int8_linear(x: torch.Tensor, weights: Int8Matrix, bias: torch.Tensor | None) -> torch.Tensor:
     """y = x Ŵᵀ + b with the int8 matrix of `weights`, in x's dtype (module docstring)."""
-    bias = bias.to(x.dtype) if bias is not None else None
+    if bias is not None and bias.dtype != x.dtype:
+        bias = bias.to(x.dtype)
     if not has_kernel(weights, x):
         return F.linear(x, weights.quantized.dequantize(x.dtype), bias)
     qweight, scale, scaled_zero = weights.kernel_operands()
-    rows = aligned(x.reshape(-1, x.shape[-1]).to(KERNEL_DTYPE))
-    y = torch.ops.aten._weight_int8pack_mm(rows, qweight, scale).to(x.dtype)
+    rows = x.reshape(-1, x.shape[-1])
+    rows = aligned(rows if rows.dtype == KERNEL_DTYPE else rows.to(KERNEL_DTYPE))
+    y = torch.ops.aten._weight_int8pack_mm(rows, qweight, scale)
+    if x.dtype != KERNEL_DTYPE:
+        y = y.to(x.dtype)
     if scaled_zero is not None:  # the same bf16 inputs as the kernel's
         y = y - rows.sum(dim=-1, keepdim=True, dtype=torch.float32).to(x.dtype) * scaled_zero.to(x.dtype)
-    y = y.reshape(*x.shape[:-1], y.shape[-1])
+    y = y.view(*x.shape[:-1], y.shape[-1])
     return y + bias if bias is not None else y
 
 
@@ -148,6 +152,24 @@ class QuantizedLinear(Int8Matrix):
         if linear.bias is not None:
             layer.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
         return layer
+
+    @classmethod
+    def stack_rows(cls, layers: list[QuantizedLinear]) -> QuantizedLinear | None:
+        """One layer whose rows are those of `layers` in order, codes and per-channel scales as they are
+        (lmlab.models.fusion); None unless all are per channel with one spec, the same inputs and bias."""
+        first = layers[0]
+        if first.spec.granularity != "channel" or any(
+                (layer.spec, layer.in_features, layer.bias is None) != (first.spec, first.in_features,
+                                                                          first.bias is None) for layer in layers):
+            return None
+        fused = cls(first.in_features, sum(layer.out_features for layer in layers), first.bias is not None,
+                    first.spec, first.qweight.device)
+        zero = None if first.zero is None else torch.cat([layer.zero for layer in layers])
+        fused.store(QuantizedTensor(torch.cat([layer.qweight for layer in layers]),
+                                    torch.cat([layer.scale for layer in layers]), zero, first.spec))
+        if first.bias is not None:
+            fused.bias = nn.Parameter(torch.cat([layer.bias.detach() for layer in layers]), requires_grad=False)
+        return fused
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return int8_linear(x, self, self.bias)
