@@ -137,6 +137,29 @@ def test_an_orphaned_backup_is_restored(tmp_path):
     assert _contents(out) == {"weights.txt": "v1", "config.txt": "v1"}
 
 
+@pytest.mark.parametrize("removed_before_kill", [0, 1, 2])
+def test_a_backup_removal_cut_short_keeps_its_marker_and_the_next_recover_finishes_it(tmp_path, monkeypatch,
+                                                                                      removed_before_kill):
+    out = tmp_path / "m"
+    _write_version(out, "v1")
+    _write_version(io.backup_name(out), "v0")  # the old copy (2 files and the marker), being removed
+    unlink, calls = os.unlink, []
+
+    def killed(path, *args, **kwargs):
+        if len(calls) == removed_before_kill:
+            raise KeyboardInterrupt("killed")
+        calls.append(path)
+        unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", killed)
+    with pytest.raises(KeyboardInterrupt):
+        io.recover(out)
+    monkeypatch.setattr(os, "unlink", unlink)
+    assert io.read_marker(io.backup_name(out)) is not None  # still recognisably lmlab's
+    io.clean_leftovers(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"] and _contents(out)["weights.txt"] == "v1"
+
+
 def test_files_are_replaced_whole_and_json_has_no_nan(tmp_path):
     path = tmp_path / "metrics.json"
     io.write_json(path, {"loss": float("nan"), "norm": [1.5, float("inf")], "step": 3})

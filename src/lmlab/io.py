@@ -227,8 +227,22 @@ def remove_folder(folder: str | Path) -> bool:
     folder = Path(folder)
     if not folder.is_dir() or read_marker(folder) is None:
         return False
-    shutil.rmtree(folder)
+    _remove_tree(folder)
     return True
+
+
+def _remove_tree(folder: Path) -> None:
+    """Remove a folder lmlab wrote, its marker last: a removal cut short by a kill leaves a folder that still
+    carries the marker (or is empty), which the next :func:`recover` knows as lmlab's and finishes removing."""
+    for entry in folder.iterdir():
+        if entry.name == MARKER:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    (folder / MARKER).unlink(missing_ok=True)
+    folder.rmdir()
 
 
 # -- folders ------------------------------------------------------------------------------------------------
@@ -252,7 +266,7 @@ def stage_folder(out: str | Path, kind: str, overwrite: bool = False, token: str
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = staging_name(out, token)
     if staging.exists():
-        shutil.rmtree(staging)
+        _remove_tree(staging)
     staging.mkdir()
     write_marker(staging, kind)
     return staging
@@ -272,7 +286,7 @@ def commit_folder(staging: Path, out: str | Path) -> Path:
         os.replace(staging, out)
         _fsync_folder(out.parent)
         _pause()
-        shutil.rmtree(backup)
+        _remove_tree(backup)
     else:
         if out.is_dir():  # an empty folder the claim accepted
             out.rmdir()
@@ -303,7 +317,7 @@ def recover(out: str | Path) -> list[Path]:
     backup = backup_name(out)
     if backup.is_dir() and _is_own(backup):
         if out.exists():
-            shutil.rmtree(backup)
+            _remove_tree(backup)
             removed.append(backup)
         else:
             os.replace(backup, out)
@@ -346,7 +360,7 @@ def _remove_own(entry: Path) -> bool:
     if entry.is_dir():
         if not _is_own(entry):
             return False
-        shutil.rmtree(entry)
+        _remove_tree(entry)
     else:
         entry.unlink()
     return True
