@@ -22,7 +22,7 @@ def test_reward_loss_is_the_bradley_terry_formula(tmp_path, tiny_model):
     path = write_jsonl(tmp_path / "p.jsonl", colour_pairs(3))
     pairs = load_preferences(path, DataFormat(task="reward"), load_tokenizer(tiny_model), validation=path).train
     model = attach_head(load_checkpoint(tiny_model), "sequence-classification", ["reward"], seed=3).eval()
-    assert is_reward_model(model)
+    assert is_reward_model(model.config)
     batch = PairCollator(pad_id=0, scored="last")(pairs)
     with torch.no_grad():
         ours = float(reward_loss_sum(model, batch)) / count_pairs(batch)
@@ -48,7 +48,7 @@ def test_finetune_task_reward_learns_the_preference(tmp_path, tiny_model, capsys
     summary = json.loads((tmp_path / "rm" / "finetune.json").read_text())
     assert summary["task"] == "reward"
     assert summary["scores"]["accuracy"] >= 0.9 and summary["scores"]["margin"] > 0
-    assert is_reward_model(load_checkpoint(tmp_path / "rm" / "model"))
+    assert is_reward_model(load_checkpoint(tmp_path / "rm" / "model").config)
 
 
 def test_finetune_reward_lora_trains_adapters_and_the_head(tmp_path, tiny_model):
@@ -58,4 +58,4 @@ def test_finetune_reward_lora_trains_adapters_and_the_head(tmp_path, tiny_model)
     assert code == 0
     summary = json.loads((tmp_path / "rm" / "finetune.json").read_text())
     assert {"val_loss", "accuracy", "margin"} <= set(summary["scores"])
-    assert is_reward_model(load_checkpoint(tmp_path / "rm" / "model"))
+    assert is_reward_model(load_checkpoint(tmp_path / "rm" / "model").config)

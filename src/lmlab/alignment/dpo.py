@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from lmlab.alignment.preferences import PairCollator, PreferencePair
+from lmlab.alignment.preferences import PairCollator, PreferencePair, pair_batches
+from lmlab.alignment.reward import is_reward_model
 from lmlab.config import ModelConfig
 from lmlab.data.collators import IGNORE_INDEX
 from lmlab.errors import LmlabError
@@ -48,7 +49,7 @@ DEFAULT_BETA = 0.1
 
 def check_policy(config: ModelConfig, name: str) -> None:
     """DPO and PPO train a model that writes text: a decoder with its language-modelling head."""
-    if config.head == "sequence-classification" and config.num_labels == 1:
+    if is_reward_model(config):
         raise LmlabError(f"{name} is a reward model (a scalar head, no language-modelling head): it cannot be "
                          "aligned with DPO; give the language model to align (and a reward model to --reward for ppo)")
     if not config.has_decoder or config.head != "lm" or config.arch != "decoder":
@@ -101,12 +102,6 @@ def dpo_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], beta: float =
     return dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta).losses.sum()
 
 
-def _batches(pairs: Sequence[PreferencePair], collator: PairCollator, batch_size: int, device: torch.device):
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
-        yield chunk, {k: v.to(device) for k, v in collator(chunk).items()}
-
-
 @torch.no_grad()
 def cache_reference_logps(model: nn.Module, pairs: Sequence[PreferencePair], pad_id: int, batch_size: int = 8,
                           dtype: str = "fp32", progress: bool = True) -> None:
@@ -118,7 +113,7 @@ def cache_reference_logps(model: nn.Module, pairs: Sequence[PreferencePair], pad
     collator = PairCollator(pad_id)
     bar = tqdm(total=len(pairs), desc="reference log-probs", unit="pair", disable=not progress, dynamic_ncols=True)
     with adapters_disabled(model), torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
-        for chunk, batch in _batches(pairs, collator, batch_size, device):
+        for chunk, batch in pair_batches(pairs, collator, batch_size, device):
             batch.pop("reference_logps", None)
             chosen, rejected = sequence_logps(model, batch).chunk(2)
             for pair, c, r in zip(chunk, chosen.tolist(), rejected.tolist()):
@@ -170,7 +165,7 @@ def score_dpo(model: nn.Module, pairs: Sequence[PreferencePair], pad_id: int, be
     kl_sum, kl_tokens = 0.0, 0
     with_kl = bool(lora_modules(model))
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
-        for _, batch in _batches(pairs, PairCollator(pad_id), batch_size, device):
+        for _, batch in pair_batches(pairs, PairCollator(pad_id), batch_size, device):
             chosen, rejected = sequence_logps(model, batch).chunk(2)
             ref_chosen, ref_rejected = batch["reference_logps"].chunk(2)
             outputs.append(dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta))

@@ -261,6 +261,13 @@ class PairCollator:
         return batch
 
 
+def pair_batches(pairs: Sequence[PreferencePair], collator: PairCollator, batch_size: int, device: torch.device):
+    """(the pairs, their collated batch on `device`), `batch_size` pairs at a time."""
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        yield chunk, {k: v.to(device) for k, v in collator(chunk).items()}
+
+
 def count_pairs(batch: dict[str, torch.Tensor]) -> int:
     """Pairs in a batch: the denominator of a preference loss's mean."""
     return batch["input_ids"].shape[0] // 2

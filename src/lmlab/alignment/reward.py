@@ -28,20 +28,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmlab.alignment.preferences import PairCollator, PreferencePair
+from lmlab.alignment.preferences import PairCollator, PreferencePair, pair_batches
+from lmlab.config import ModelConfig
 from lmlab.errors import LmlabError
+from lmlab.finetuning.datasets import _pad
 
 REWARD_LABEL = "reward"
 
 
-def is_reward_model(model: nn.Module) -> bool:
-    """True for a model whose head writes one scalar reward."""
-    config = model.config
+def is_reward_model(config: ModelConfig) -> bool:
+    """True for a model (config) whose head writes one scalar reward."""
     return config.head == "sequence-classification" and config.num_labels == 1
 
 
 def check_reward_model(model: nn.Module, name: str) -> None:
-    if not is_reward_model(model):
+    if not is_reward_model(model.config):
         raise LmlabError(f"{name} is not a reward model (its head is {model.config.head!r}, not a scalar reward "
                          "head); train one with `lmlab finetune MODEL --task reward --data prefs.jsonl`")
 
@@ -84,11 +85,10 @@ def score_pairs(model: nn.Module, pairs: Sequence[PreferencePair], pad_id: int, 
     """Bradley-Terry loss, pairwise accuracy and mean margin of `model` on `pairs`."""
     was_training = model.training
     model.eval()
-    collator, device = PairCollator(pad_id, scored="last"), next(model.parameters()).device
+    device = next(model.parameters()).device
     chosen, rejected = [], []
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
-        for start in range(0, len(pairs), batch_size):
-            batch = {k: v.to(device) for k, v in collator(pairs[start:start + batch_size]).items()}
+        for _, batch in pair_batches(pairs, PairCollator(pad_id, scored="last"), batch_size, device):
             c, r = rewards(model, batch)
             chosen.append(c)
             rejected.append(r)
@@ -107,9 +107,7 @@ def score_texts(model: nn.Module, sequences: Sequence[Sequence[int]], pad_id: in
     device, out = next(model.parameters()).device, []
     for start in range(0, len(sequences), batch_size):
         rows = sequences[start:start + batch_size]
-        width = max(len(r) for r in rows)
-        ids = torch.tensor([list(r) + [pad_id] * (width - len(r)) for r in rows], device=device)
-        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
+        ids, mask = _pad(rows, pad_id).to(device), _pad([[1] * len(r) for r in rows], 0).to(device)
         out.append(model(input_ids=ids, attention_mask=mask).logits[:, 0].float())
     model.train(was_training)
     return torch.cat(out)
