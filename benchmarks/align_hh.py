@@ -1,17 +1,23 @@
 """Aligning SmolLM2-135M-Instruct on Anthropic's HH-RLHF harmless pairs (../shared/data/preferences).
 
-The first pairs train, the last --val (300) are held out. Two runs, each through the same call the CLI makes:
+The first pairs train, the last --val (300) are held out. Three parts, each through the same call the CLI
+makes, each best run in a process of its own (`--parts`) so its peak memory is its own:
 
-1. a reward model (`lmlab finetune --task reward`, LoRA): pairwise accuracy and margin on the held-out pairs
-   (the issue asks >= 0.60);
-2. DPO (`lmlab align --method dpo`, LoRA): implicit-reward accuracy on the held-out pairs (>= 0.60), then
-   the base and the aligned model answer held-out prompts (greedy) and the reward model of run 1 scores
-   both: mean reward and win rate of the aligned model.
+1. reward: a reward model (`lmlab finetune --task reward`, LoRA): pairwise accuracy and margin on the held-out
+   pairs (the issue asks >= 0.60);
+2. dpo: DPO (`lmlab align --method dpo`, LoRA): implicit-reward accuracy on the held-out pairs (>= 0.60), then
+   the base and the aligned model answer held-out prompts (greedy) and the reward model of part 1 scores
+   both: mean reward and win rate of the aligned model;
+3. ppo: RLHF with PPO (`lmlab align --method ppo`, LoRA) against the reward model of part 1, on prompts of the
+   held-out pairs: the mean reward of sampled answers to other held-out prompts before and after, and the
+   KL to the base model against its target.
 
-Prints each run's scores, wall time and peak memory. Sizes are bounded by the options (defaults: a few
-minutes each on 2 CPU cores). PPO is not part of it yet.
+Each part adds its scores, wall time and resident peak memory to OUT/report.json; the curves are
+OUT/reward/loss.png, OUT/dpo/loss.png and OUT/ppo/ppo.png. Sizes are bounded by the options.
 
-    nice -n 19 python benchmarks/align_hh.py --steps 60 --out runs/align_hh
+    nice -n 19 python benchmarks/align_hh.py --parts reward --out runs/align_hh
+    nice -n 19 python benchmarks/align_hh.py --parts dpo --out runs/align_hh
+    nice -n 19 python benchmarks/align_hh.py --parts ppo --out runs/align_hh
 """
 
 from __future__ import annotations
@@ -23,79 +29,149 @@ from pathlib import Path
 
 import torch
 
+from lmlab.alignment.preferences import PairEncoder
 from lmlab.alignment.reward import score_texts
+from lmlab.alignment.rlhf import (PPOSettings, align_ppo, closing_tokens, encode_prompts, read_prompts,
+                                  score_rollouts)
 from lmlab.finetuning.datasets import DataFormat
 from lmlab.finetuning.recipe import FinetuneSettings, finetune
-from lmlab.generation import GenerationConfig
-from lmlab.generation.engine import Engine, EngineRequest
+from lmlab.generation import GenerationConfig, generate
 from lmlab.hub.checkpoint import load_checkpoint
 from lmlab.hub.resolve import load_model
-from lmlab.alignment.preferences import PairEncoder, split_conversations
+from lmlab.io import write_json, write_text
+from lmlab.planning.measure import PeakMemory
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "preferences" / "hh_harmless.jsonl"  # ../shared
 MODEL = "smollm2-135m-instruct"
+PARTS = ("reward", "dpo", "ppo")
 
 
 def split(data: Path, n_val: int, n_train: int | None, out: Path) -> tuple[Path, Path]:
     lines = data.read_text(encoding="utf-8").splitlines()
     train, val = lines[:-n_val], lines[-n_val:]
     out.mkdir(parents=True, exist_ok=True)
-    (out / "train.jsonl").write_text("\n".join(train[:n_train]) + "\n", encoding="utf-8")
-    (out / "val.jsonl").write_text("\n".join(val) + "\n", encoding="utf-8")
+    write_text(out / "train.jsonl", "\n".join(train[:n_train]) + "\n")
+    write_text(out / "val.jsonl", "\n".join(val) + "\n")
     return out / "train.jsonl", out / "val.jsonl"
 
 
-def answers(model, tokenizer, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-    engine = Engine(model, tokenizer, slots=8, max_len=1024)
-    handles = [engine.submit(EngineRequest(p, GenerationConfig(max_new_tokens=max_new_tokens))) for p in prompts]
-    engine.run_until_idle()
-    return [h.result().tokens for h in handles]
+def held_out_prompts(val: Path, tokenizer, eos_id: int, max_prompt: int) -> list[list[int]]:
+    """The prompt of each held-out pair as the model reads it (chat template), its last max_prompt tokens."""
+    return encode_prompts(read_prompts(val, "prompt"), PairEncoder(tokenizer, None, eos_id), max_prompt)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=DATA)
-    p.add_argument("--val", type=int, default=300, help="held-out pairs, the last of the file")
-    p.add_argument("--train", type=int, default=None, help="training pairs used (default: all the others)")
-    p.add_argument("--steps", type=int, default=60)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-length", type=int, default=256)
-    p.add_argument("--prompts", type=int, default=50, help="held-out prompts answered by base and aligned model")
-    p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--out", type=Path, default=Path("runs/align_hh"))
-    a = p.parse_args()
-    torch.manual_seed(0)
-    train, val = split(a.data, a.val, a.train, a.out / "data")
-    common = dict(validation=val, method="lora", lora_targets="all-linear", lora_rank=16, lora_alpha=32,
-                  steps=a.steps, batch_size=a.batch_size, eval_metric="accuracy", eval_samples=10**9,
-                  progress=True)
-    report = {}
+def update_report(out: Path, part: str, entry: dict) -> None:
+    path = out / "report.json"
+    report = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    report[part] = entry
+    write_json(path, report)
+    print(json.dumps({part: entry}), flush=True)
+
+
+def run_reward(a: argparse.Namespace, train: Path, val: Path) -> None:
     start = time.perf_counter()
-    rm = finetune(FinetuneSettings(model=MODEL, data=train, out=a.out / "reward", lr=2e-4,
-                                   format=DataFormat(task="reward", max_length=a.max_length), **common))
-    report["reward"] = {"scores": rm.scores, "wall_s": time.perf_counter() - start, "peak_bytes": rm.peak_memory_bytes}
-    print(json.dumps(report["reward"]), flush=True)
-    start = time.perf_counter()
-    dpo = finetune(FinetuneSettings(model=MODEL, data=train, out=a.out / "dpo", lr=2e-4, beta=0.1,
-                                    format=DataFormat(task="dpo", max_length=a.max_length), **common))
-    report["dpo"] = {"scores": dpo.scores, "wall_s": time.perf_counter() - start, "peak_bytes": dpo.peak_memory_bytes}
-    print(json.dumps(report["dpo"]), flush=True)
+    rm = finetune(FinetuneSettings(model=MODEL, data=train, validation=val, out=a.out / "reward", lr=a.reward_lr,
+                                   format=DataFormat(task="reward", max_length=a.max_length), **common(a)))
+    update_report(a.out, "reward", {"scores": rm.scores, "steps": rm.steps, "wall_s": time.perf_counter() - start,
+                                    "peak_bytes": rm.peak_memory_bytes})
 
+
+def run_dpo(a: argparse.Namespace, train: Path, val: Path) -> None:
+    start = time.perf_counter()
+    dpo = finetune(FinetuneSettings(model=MODEL, data=train, validation=val, out=a.out / "dpo", lr=a.dpo_lr,
+                                    beta=0.1, format=DataFormat(task="dpo", max_length=a.max_length), **common(a)))
+    wall = time.perf_counter() - start
     base = load_model(MODEL)
-    encoder = PairEncoder(base.tokenizer, None, base.model.config.eos_token_id)
-    records = [json.loads(line) for line in val.read_text(encoding="utf-8").splitlines()][:a.prompts]
-    prompts = [encoder.prompt(split_conversations(r["chosen"], r["rejected"], "val")[0])[0] for r in records]
-    reward_model = load_checkpoint(rm.model_dir).eval()
+    prompts = held_out_prompts(val, base.tokenizer, base.model.config.eos_token_id, a.max_prompt)[:a.prompts]
+    reward_model = load_checkpoint(a.out / "reward" / "model").eval()
     aligned = load_checkpoint(dpo.model_dir).eval()
     pad = base.model.config.eos_token_id
     scores = {}
     for name, model in (("base", base.model.eval()), ("dpo", aligned)):
-        outs = answers(model, base.tokenizer, prompts, a.max_new_tokens)
-        scores[name] = score_texts(reward_model, [pr + o for pr, o in zip(prompts, outs)], pad)
-    report["reward_of_answers"] = {"base_mean": float(scores["base"].mean()), "dpo_mean": float(scores["dpo"].mean()),
-                                   "dpo_win_rate": float((scores["dpo"] > scores["base"]).float().mean())}
-    print(json.dumps(report["reward_of_answers"]), flush=True)
-    (a.out / "report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+        outs = generate(model, prompts, GenerationConfig(max_new_tokens=a.max_new_tokens), base.tokenizer)
+        scores[name] = score_texts(reward_model, [c.prompt_ids + c.tokens for c in outs], pad)
+    update_report(a.out, "dpo", {
+        "scores": dpo.scores, "steps": dpo.steps, "wall_s": wall, "peak_bytes": dpo.peak_memory_bytes,
+        "reward_of_answers": {"prompts": len(prompts), "base_mean": float(scores["base"].mean()),
+                              "dpo_mean": float(scores["dpo"].mean()),
+                              "dpo_win_rate": float((scores["dpo"] > scores["base"]).float().mean())}})
+
+
+def common(a: argparse.Namespace) -> dict:
+    return dict(method="lora", lora_targets="all-linear", lora_rank=16, lora_alpha=32, steps=a.steps,
+                batch_size=a.batch_size, eval_metric="loss", eval_every=a.steps, dtype=a.dtype, progress=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--parts", default=",".join(PARTS), help="which parts to run, in order (default: all three)")
+    p.add_argument("--data", type=Path, default=DATA)
+    p.add_argument("--val", type=int, default=300, help="held-out pairs, the last of the file")
+    p.add_argument("--train", type=int, default=None, help="training pairs (default: --steps x --batch-size, the "
+                   "pairs the steps see; DPO computes reference log-probabilities of all of them)")
+    p.add_argument("--steps", type=int, default=30, help="optimizer steps of the reward model and of DPO")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-length", type=int, default=128, help="tokens of prompt + answer (prompts keep their end)")
+    p.add_argument("--dtype", default="bf16", help="fp32, or bf16 autocast (fast with AMX)")
+    p.add_argument("--reward-lr", type=float, default=3e-4)
+    p.add_argument("--dpo-lr", type=float, default=3e-4)
+    p.add_argument("--max-prompt", type=int, default=96, help="tokens of a held-out prompt kept (its end)")
+    p.add_argument("--prompts", type=int, default=48, help="held-out prompts answered by base and aligned model")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--ppo-steps", type=int, default=24, help="PPO steps of 8 prompts")
+    p.add_argument("--ppo-prompts", type=int, default=150, help="the first held-out pairs whose prompts PPO trains on")
+    p.add_argument("--ppo-epochs", type=int, default=2)
+    p.add_argument("--ppo-lr", type=float, default=2e-4)
+    p.add_argument("--kl-coef", type=float, default=0.05)
+    p.add_argument("--target-kl", type=float, default=6.0)
+    p.add_argument("--out", type=Path, default=Path("runs/align_hh"))
+    a = p.parse_args()
+    parts = a.parts.split(",")
+    if not set(parts) <= set(PARTS):
+        p.error(f"--parts takes {', '.join(PARTS)}")
+    torch.manual_seed(0)
+    train, val = split(a.data, a.val, a.train or a.steps * a.batch_size, a.out / "data")
+    for part in parts:
+        memory = PeakMemory()
+        {"reward": run_reward, "dpo": run_dpo, "ppo": run_ppo}[part](a, train, val)
+        print(f"{part}: resident peak {memory.peak_bytes() / 1e9:.2f} GB above the start", flush=True)
+
+
+def run_ppo(a: argparse.Namespace, train: Path, val: Path) -> None:
+    """PPO on the prompts of the first held-out pairs; before/after rollouts on the prompts of the next ones."""
+    lines = val.read_text(encoding="utf-8").splitlines()
+    prompts_file = write_text(a.out / "data" / "ppo_prompts.jsonl", "\n".join(lines[:a.ppo_prompts]) + "\n")
+    eval_file = write_text(a.out / "data" / "ppo_eval.jsonl",
+                           "\n".join(lines[a.ppo_prompts:a.ppo_prompts + a.prompts]) + "\n")
+    reward_dir = a.out / "reward" / "model"
+    settings = PPOSettings(model=MODEL, reward=str(reward_dir), prompts=prompts_file, out=a.out / "ppo",
+                           max_prompt_length=a.max_prompt, max_new_tokens=a.max_new_tokens, steps=a.ppo_steps,
+                           batch_size=8, mini_batches=2, ppo_epochs=a.ppo_epochs, lr=a.ppo_lr,
+                           lora_targets="all-linear", lora_rank=16, lora_alpha=32, kl_coef=a.kl_coef,
+                           target_kl=a.target_kl, dtype=a.dtype)
+    base = load_model(MODEL)
+    reward_model = load_checkpoint(reward_dir).eval()
+    encoder = PairEncoder(base.tokenizer, None, base.model.config.eos_token_id)
+    texts = read_prompts(eval_file, "prompt")
+    prompts = encode_prompts(texts, encoder, a.max_prompt)
+    closings = [closing_tokens(encoder, t) for t in texts]
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.dtype == "bf16")
+    with autocast:
+        before = score_rollouts(base.model, reward_model, base.tokenizer, prompts, closings, a.max_new_tokens, seed=1)
+    start = time.perf_counter()
+    result = align_ppo(settings)
+    wall = time.perf_counter() - start
+    aligned = load_checkpoint(result.model_dir).eval()
+    with autocast:
+        after = score_rollouts(aligned, reward_model, base.tokenizer, prompts, closings, a.max_new_tokens, seed=1,
+                               reference=base.model)
+    wins = sum(x > y for x, y in zip(after["scores"], before["scores"])) / len(prompts)
+    update_report(a.out, "ppo", {
+        "steps": result.steps, "wall_s": wall, "peak_bytes": result.peak_memory_bytes, "target_kl": a.target_kl,
+        "train_first_reward": result.history[0]["reward"], "train_last_reward": result.history[-1]["reward"],
+        "train_max_kl": max(r["kl"] for r in result.history),
+        "held_out": {"prompts": len(prompts), "base_mean": before["mean_reward"], "ppo_mean": after["mean_reward"],
+                     "ppo_win_rate": wins, "kl_to_base": after["kl"]}})
 
 
 if __name__ == "__main__":

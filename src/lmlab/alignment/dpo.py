@@ -47,11 +47,12 @@ from lmlab.models.lora import adapters_disabled, lora_modules
 DEFAULT_BETA = 0.1
 
 
-def check_policy(config: ModelConfig, name: str) -> None:
+def check_policy(config: ModelConfig, name: str, method: str = "DPO") -> None:
     """DPO and PPO train a model that writes text: a decoder with its language-modelling head."""
     if is_reward_model(config):
         raise LmlabError(f"{name} is a reward model (a scalar head, no language-modelling head): it cannot be "
-                         "aligned with DPO; give the language model to align (and a reward model to --reward for ppo)")
+                         f"aligned with {method}; give the language model to align (and a reward model to --reward "
+                         "for ppo)")
     if not config.has_decoder or config.head != "lm" or config.arch != "decoder":
         raise LmlabError(f"{name} is not a decoder language model (arch {config.arch}, head {config.head}); "
                          "preference optimization trains a model that writes text, such as smollm2-135m-instruct")
