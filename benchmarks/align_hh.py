@@ -30,12 +30,13 @@ from pathlib import Path
 import torch
 
 from lmlab.alignment.preferences import PairEncoder
-from lmlab.alignment.reward import score_texts
+from lmlab.alignment.dpo import cache_reference_logps, score_dpo
+from lmlab.alignment.preferences import load_preferences
+from lmlab.alignment.reward import score_pairs
 from lmlab.alignment.rlhf import (PPOSettings, align_ppo, closing_tokens, encode_prompts, read_prompts,
                                   score_rollouts)
 from lmlab.finetuning.datasets import DataFormat
 from lmlab.finetuning.recipe import FinetuneSettings, finetune
-from lmlab.generation import GenerationConfig, generate
 from lmlab.hub.checkpoint import load_checkpoint
 from lmlab.hub.resolve import load_model
 from lmlab.io import write_json, write_text
@@ -46,18 +47,18 @@ MODEL = "smollm2-135m-instruct"
 PARTS = ("reward", "dpo", "ppo")
 
 
-def split(data: Path, n_val: int, n_train: int | None, out: Path) -> tuple[Path, Path]:
+def split(data: Path, n_val: int, n_train: int, n_ppo: int, n_eval: int, out: Path) -> tuple[Path, Path]:
+    """train.jsonl: the first n_train pairs; val.jsonl: the last n_val (held out). From the held-out pairs:
+    monitor.jsonl (8, the trainers' own cheap validation), ppo.jsonl (PPO's prompts: the first n_ppo) and
+    eval.jsonl (the n_eval after those: prompts whose answers are compared)."""
     lines = data.read_text(encoding="utf-8").splitlines()
     train, val = lines[:-n_val], lines[-n_val:]
     out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "train.jsonl", "\n".join(train[:n_train]) + "\n")
-    write_text(out / "val.jsonl", "\n".join(val) + "\n")
+    files = {"train": train[:n_train], "val": val, "monitor": val[:8], "ppo": val[:n_ppo],
+             "eval": val[n_ppo:n_ppo + n_eval]}
+    for name, rows in files.items():
+        write_text(out / f"{name}.jsonl", "\n".join(rows) + "\n")
     return out / "train.jsonl", out / "val.jsonl"
-
-
-def held_out_prompts(val: Path, tokenizer, eos_id: int, max_prompt: int) -> list[list[int]]:
-    """The prompt of each held-out pair as the model reads it (chat template), its last max_prompt tokens."""
-    return encode_prompts(read_prompts(val, "prompt"), PairEncoder(tokenizer, None, eos_id), max_prompt)
 
 
 def update_report(out: Path, part: str, entry: dict) -> None:
@@ -68,33 +69,65 @@ def update_report(out: Path, part: str, entry: dict) -> None:
     print(json.dumps({part: entry}), flush=True)
 
 
+def held_out_pairs(val: Path, task: str, tokenizer, eos_id: int, max_length: int):
+    return load_preferences(val, DataFormat(task=task, max_length=max_length), tokenizer, validation=val,
+                            eos_id=eos_id).validation
+
+
 def run_reward(a: argparse.Namespace, train: Path, val: Path) -> None:
+    """Train with a few held-out pairs as the trainer's validation (cheap), then score all the held-out pairs."""
     start = time.perf_counter()
-    rm = finetune(FinetuneSettings(model=MODEL, data=train, validation=val, out=a.out / "reward", lr=a.reward_lr,
+    rm = finetune(FinetuneSettings(model=MODEL, data=train, validation=a.out / "data" / "monitor.jsonl",
+                                   out=a.out / "reward", lr=a.reward_lr,
                                    format=DataFormat(task="reward", max_length=a.max_length), **common(a)))
-    update_report(a.out, "reward", {"scores": rm.scores, "steps": rm.steps, "wall_s": time.perf_counter() - start,
-                                    "peak_bytes": rm.peak_memory_bytes})
+    model = load_checkpoint(rm.model_dir).eval()
+    pairs = held_out_pairs(val, "reward", load_model(MODEL).tokenizer, model.config.eos_token_id, a.max_length)
+    with autocast(a):
+        scores = score_pairs(model, pairs, pad_id=model.config.eos_token_id, batch_size=16)
+    update_report(a.out, "reward", {"held_out": {"pairs": len(pairs), **scores.values()}, "steps": rm.steps,
+                                    "wall_s": time.perf_counter() - start, "peak_bytes": rm.peak_memory_bytes})
+
+
+def compare(a: argparse.Namespace, model, base, reward_model) -> dict:
+    """Sampled answers of `model` and of the base model to held-out prompts (the pairs after the PPO prompts),
+    scored by the reward model: mean rewards, win rate, and the model's KL to the base."""
+    texts = read_prompts(a.out / "data" / "eval.jsonl", "prompt")
+    encoder = PairEncoder(base.tokenizer, None, base.model.config.eos_token_id)
+    prompts = encode_prompts(texts, encoder, a.max_prompt)
+    closings = [closing_tokens(encoder, t) for t in texts]
+    before = score_rollouts(base.model, reward_model, base.tokenizer, prompts, closings, a.max_new_tokens, seed=1)
+    after = score_rollouts(model, reward_model, base.tokenizer, prompts, closings, a.max_new_tokens, seed=1,
+                           reference=base.model)
+    wins = sum(x > y for x, y in zip(after["scores"], before["scores"])) / len(prompts)
+    return {"prompts": len(prompts), "base_mean_reward": before["mean_reward"],
+            "aligned_mean_reward": after["mean_reward"], "win_rate": wins, "kl_to_base": after["kl"]}
 
 
 def run_dpo(a: argparse.Namespace, train: Path, val: Path) -> None:
     start = time.perf_counter()
-    dpo = finetune(FinetuneSettings(model=MODEL, data=train, validation=val, out=a.out / "dpo", lr=a.dpo_lr,
-                                    beta=0.1, format=DataFormat(task="dpo", max_length=a.max_length), **common(a)))
-    wall = time.perf_counter() - start
+    dpo = finetune(FinetuneSettings(model=MODEL, data=train, validation=a.out / "data" / "monitor.jsonl",
+                                    out=a.out / "dpo", lr=a.dpo_lr, beta=0.1,
+                                    format=DataFormat(task="dpo", max_length=a.max_length), **common(a)))
     base = load_model(MODEL)
-    prompts = held_out_prompts(val, base.tokenizer, base.model.config.eos_token_id, a.max_prompt)[:a.prompts]
-    reward_model = load_checkpoint(a.out / "reward" / "model").eval()
-    aligned = load_checkpoint(dpo.model_dir).eval()
     pad = base.model.config.eos_token_id
-    scores = {}
-    for name, model in (("base", base.model.eval()), ("dpo", aligned)):
-        outs = generate(model, prompts, GenerationConfig(max_new_tokens=a.max_new_tokens), base.tokenizer)
-        scores[name] = score_texts(reward_model, [c.prompt_ids + c.tokens for c in outs], pad)
-    update_report(a.out, "dpo", {
-        "scores": dpo.scores, "steps": dpo.steps, "wall_s": wall, "peak_bytes": dpo.peak_memory_bytes,
-        "reward_of_answers": {"prompts": len(prompts), "base_mean": float(scores["base"].mean()),
-                              "dpo_mean": float(scores["dpo"].mean()),
-                              "dpo_win_rate": float((scores["dpo"] > scores["base"]).float().mean())}})
+    aligned = load_checkpoint(dpo.model_dir).eval()
+    pairs = held_out_pairs(val, "dpo", base.tokenizer, pad, a.max_length)
+    with autocast(a):
+        cache_reference_logps(base.model, pairs, pad, batch_size=16, progress=False)
+        scores = score_dpo(aligned, pairs, pad, beta=0.1, batch_size=16)
+    entry = {"held_out": {"pairs": len(pairs), **scores.values()}, "steps": dpo.steps,
+             "wall_s": time.perf_counter() - start, "peak_bytes": dpo.peak_memory_bytes}
+    update_report(a.out, "dpo", entry)
+    reward_dir = a.out / "reward" / "model"
+    while not reward_dir.is_dir():  # part 1 running beside this one
+        print(f"waiting for the reward model {reward_dir}", flush=True)
+        time.sleep(60)
+    entry["answers"] = compare(a, aligned, base, load_checkpoint(reward_dir).eval())
+    update_report(a.out, "dpo", entry)
+
+
+def autocast(a: argparse.Namespace):
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.dtype == "bf16")
 
 
 def common(a: argparse.Namespace) -> dict:
@@ -109,16 +142,17 @@ def main() -> None:
     p.add_argument("--val", type=int, default=300, help="held-out pairs, the last of the file")
     p.add_argument("--train", type=int, default=None, help="training pairs (default: --steps x --batch-size, the "
                    "pairs the steps see; DPO computes reference log-probabilities of all of them)")
-    p.add_argument("--steps", type=int, default=30, help="optimizer steps of the reward model and of DPO")
+    p.add_argument("--steps", type=int, default=16, help="optimizer steps of the reward model and of DPO")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-length", type=int, default=128, help="tokens of prompt + answer (prompts keep their end)")
+    p.add_argument("--max-length", type=int, default=64, help="tokens of prompt + answer (prompts keep their end)")
     p.add_argument("--dtype", default="bf16", help="fp32, or bf16 autocast (fast with AMX)")
     p.add_argument("--reward-lr", type=float, default=3e-4)
     p.add_argument("--dpo-lr", type=float, default=3e-4)
-    p.add_argument("--max-prompt", type=int, default=96, help="tokens of a held-out prompt kept (its end)")
-    p.add_argument("--prompts", type=int, default=48, help="held-out prompts answered by base and aligned model")
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--ppo-steps", type=int, default=24, help="PPO steps of 8 prompts")
+    p.add_argument("--max-prompt", type=int, default=64, help="tokens of a held-out prompt kept (its end)")
+    p.add_argument("--prompts", type=int, default=32, help="held-out prompts answered by base and aligned models")
+    p.add_argument("--mini-batches", type=int, default=1)
+    p.add_argument("--max-new-tokens", type=int, default=24)
+    p.add_argument("--ppo-steps", type=int, default=12, help="PPO steps of 8 prompts")
     p.add_argument("--ppo-prompts", type=int, default=150, help="the first held-out pairs whose prompts PPO trains on")
     p.add_argument("--ppo-epochs", type=int, default=2)
     p.add_argument("--ppo-lr", type=float, default=2e-4)
@@ -130,7 +164,7 @@ def main() -> None:
     if not set(parts) <= set(PARTS):
         p.error(f"--parts takes {', '.join(PARTS)}")
     torch.manual_seed(0)
-    train, val = split(a.data, a.val, a.train or a.steps * a.batch_size, a.out / "data")
+    train, val = split(a.data, a.val, a.train or a.steps * a.batch_size, a.ppo_prompts, a.prompts, a.out / "data")
     for part in parts:
         memory = PeakMemory()
         {"reward": run_reward, "dpo": run_dpo, "ppo": run_ppo}[part](a, train, val)
@@ -138,40 +172,22 @@ def main() -> None:
 
 
 def run_ppo(a: argparse.Namespace, train: Path, val: Path) -> None:
-    """PPO on the prompts of the first held-out pairs; before/after rollouts on the prompts of the next ones."""
-    lines = val.read_text(encoding="utf-8").splitlines()
-    prompts_file = write_text(a.out / "data" / "ppo_prompts.jsonl", "\n".join(lines[:a.ppo_prompts]) + "\n")
-    eval_file = write_text(a.out / "data" / "ppo_eval.jsonl",
-                           "\n".join(lines[a.ppo_prompts:a.ppo_prompts + a.prompts]) + "\n")
-    reward_dir = a.out / "reward" / "model"
-    settings = PPOSettings(model=MODEL, reward=str(reward_dir), prompts=prompts_file, out=a.out / "ppo",
-                           max_prompt_length=a.max_prompt, max_new_tokens=a.max_new_tokens, steps=a.ppo_steps,
-                           batch_size=8, mini_batches=2, ppo_epochs=a.ppo_epochs, lr=a.ppo_lr,
-                           lora_targets="all-linear", lora_rank=16, lora_alpha=32, kl_coef=a.kl_coef,
+    """PPO on the prompts of the first held-out pairs; answers to the next ones compared with the base model's."""
+    settings = PPOSettings(model=MODEL, reward=str(a.out / "reward" / "model"), prompts=a.out / "data" / "ppo.jsonl",
+                           out=a.out / "ppo", max_prompt_length=a.max_prompt, max_new_tokens=a.max_new_tokens,
+                           steps=a.ppo_steps, batch_size=8, mini_batches=a.mini_batches, ppo_epochs=a.ppo_epochs,
+                           lr=a.ppo_lr, lora_targets="all-linear", lora_rank=16, lora_alpha=32, kl_coef=a.kl_coef,
                            target_kl=a.target_kl, dtype=a.dtype)
-    base = load_model(MODEL)
-    reward_model = load_checkpoint(reward_dir).eval()
-    encoder = PairEncoder(base.tokenizer, None, base.model.config.eos_token_id)
-    texts = read_prompts(eval_file, "prompt")
-    prompts = encode_prompts(texts, encoder, a.max_prompt)
-    closings = [closing_tokens(encoder, t) for t in texts]
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.dtype == "bf16")
-    with autocast:
-        before = score_rollouts(base.model, reward_model, base.tokenizer, prompts, closings, a.max_new_tokens, seed=1)
     start = time.perf_counter()
     result = align_ppo(settings)
     wall = time.perf_counter() - start
-    aligned = load_checkpoint(result.model_dir).eval()
-    with autocast:
-        after = score_rollouts(aligned, reward_model, base.tokenizer, prompts, closings, a.max_new_tokens, seed=1,
-                               reference=base.model)
-    wins = sum(x > y for x, y in zip(after["scores"], before["scores"])) / len(prompts)
+    base = load_model(MODEL)
+    reward_model = load_checkpoint(a.out / "reward" / "model").eval()
+    answers = compare(a, load_checkpoint(result.model_dir).eval(), base, reward_model)
     update_report(a.out, "ppo", {
         "steps": result.steps, "wall_s": wall, "peak_bytes": result.peak_memory_bytes, "target_kl": a.target_kl,
-        "train_first_reward": result.history[0]["reward"], "train_last_reward": result.history[-1]["reward"],
-        "train_max_kl": max(r["kl"] for r in result.history),
-        "held_out": {"prompts": len(prompts), "base_mean": before["mean_reward"], "ppo_mean": after["mean_reward"],
-                     "ppo_win_rate": wins, "kl_to_base": after["kl"]}})
+        "first_step_reward": result.history[0]["reward"], "last_step_reward": result.history[-1]["reward"],
+        "max_step_kl": max(r["kl"] for r in result.history), "answers": answers})
 
 
 if __name__ == "__main__":

@@ -327,9 +327,11 @@ class Models:
 
 def sample_answers(policy: nn.Module, tokenizer: Any, prompts: Sequence[list[int]], max_new_tokens: int,
                    seed: int) -> list[list[int]]:
-    """One answer per prompt, sampled from the policy at temperature 1 (lmlab's engine; row b seeded seed + b)."""
+    """One answer per prompt, sampled from the policy at temperature 1 (lmlab's engine; row b seeded seed + b), in
+    the model's own dtype (the engine's KV cache has it: no autocast)."""
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=True, temperature=1.0, seed=seed)
-    return [c.tokens for c in generate(policy, list(prompts), config, tokenizer)]
+    with torch.autocast(next(policy.parameters()).device.type, enabled=False):
+        return [c.tokens for c in generate(policy, list(prompts), config, tokenizer)]
 
 
 @torch.no_grad()
