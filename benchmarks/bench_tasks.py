@@ -272,21 +272,31 @@ class Bench:
         self.report("stsb", "STS-B dev", len(rows), "MiniLM-L6 mean pooling + normalization, cosine",
                     {"spearman": float(ours)}, baseline, start)
 
-    def _xquad(self) -> list[dict]:
-        """The questions of XQuAD articles 13-24 (write_splits gives articles 1-12 to training)."""
+    def _xquad(self, select: int = 0) -> list[dict]:
+        """The questions of XQuAD articles 13-24 (write_splits gives articles 1-12 to training); with `select`,
+        instead `select` questions spread evenly over articles 1-12, for choosing settings without looking at
+        the scored questions."""
         data = json.loads((self.data / "tasks/xquad/dev.json").read_text())["data"]
         half = len(data) // 2
         questions = [{"question": qa["question"], "context": p["context"], "answers": [a["text"] for a in qa["answers"]]}
-                     for article in data[half:] for p in article["paragraphs"] for qa in p["qas"]]
+                     for article in (data[:half] if select else data[half:])
+                     for p in article["paragraphs"] for qa in p["qas"]]
+        if select:
+            return questions[::max(1, len(questions) // select)][:select]
         return self.limit(questions)
 
     def xquad_generative(self) -> None:
         start = time.perf_counter()
-        questions = self._xquad()
-        task = lmlab.pipeline("question-answering", self.model("smollm2-135m-instruct"), batch_size=8,
-                              progress=self.args.progress)
+        a = self.args
+        questions = self._xquad(a.xquad_select)
+        task = lmlab.pipeline("question-answering", self.model("smollm2-135m-instruct"), batch_size=4,
+                              progress=a.progress, constrained=not a.qa_free, shots=a.qa_shots,
+                              max_new_tokens=a.qa_max_new_tokens)
         out = task([{"question": q["question"], "context": q["context"]} for q in questions])
-        self.report("xquad-generative", "XQuAD dev, articles 13-24", len(questions), task.describe(),
+        where = f"XQuAD dev, {a.xquad_select} questions of articles 1-12" if a.xquad_select else \
+            "XQuAD dev, articles 13-24"
+        self.report("xquad-generative", where, len(questions),
+                    f"{task.describe()}, {a.qa_shots}-shot chat, at most {a.qa_max_new_tokens} tokens",
                     squad_scores([o["answer"] for o in out], [q["answers"] for q in questions]), None, start)
 
     def xquad_extractive(self) -> None:
@@ -388,6 +398,16 @@ def main() -> None:
     parser.add_argument("--write-splits", metavar="DIR",
                         help="only write the SNLI and XQuAD training splits (for `lmlab finetune`) to DIR")
     parser.add_argument("--progress", action="store_true", help="progress bars")
+    qa = parser.add_argument_group("xquad-generative (SmolLM2 answering from the context in its prompt)")
+    qa.add_argument("--qa-free", action="store_true",
+                    help="let the model write freely (first line kept) instead of the default greedy decoding "
+                         "constrained to spans of the context (Castel et al. 2022)")
+    qa.add_argument("--qa-shots", type=int, default=1, help="written demonstrations before the question (0-3, "
+                                                            "default 1)")
+    qa.add_argument("--qa-max-new-tokens", type=int, default=32, help="longest answer in tokens (default 32)")
+    qa.add_argument("--xquad-select", type=int, default=0, metavar="N",
+                    help="score N questions of articles 1-12 instead of articles 13-24: the questions to choose "
+                         "the settings above on, never the scored ones")
     args = parser.parse_args()
     args.models = dict(item.split("=", 1) for item in args.model)
     if args.write_splits:

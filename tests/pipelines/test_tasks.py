@@ -140,6 +140,23 @@ def test_generative_answer_is_the_first_written_line():
     assert plain.endswith("Context: Tom said hello.\n\nQuestion: Who?\nAnswer:")
 
 
+def test_generative_qa_extracts_a_span_by_default(tiny_chat):
+    context = "Tom said hello to Ann in the garden."
+    qa = lmlab.pipeline("question-answering", tiny_chat[0], max_new_tokens=4)
+    assert "constrained to spans" in qa.describe()
+    out = qa(question="who said hello?", context=context)
+    assert out["answer"] and out["answer"] == context[out["start"]:out["end"]]
+    assert 0 < out["score"] <= 1
+    turns = qa_prompt_of(3)
+    assert [t["role"] for t in turns] == ["user", "assistant"] * 3 + ["user"]
+
+
+def qa_prompt_of(shots: int):
+    from lmlab.pipelines.question_answering import qa_prompt
+
+    return qa_prompt("Who?", "Tom said hello.", chat=True, shots=shots)
+
+
 def test_a_prefix_longer_than_the_window_is_scored_on_its_last_tokens(tiny_chat):
     import torch
     import torch.nn.functional as F

@@ -10,9 +10,12 @@
   pipeline, the same steps and defaults).
 - Generative (the default, on SmolLM2-135M-Instruct): the model is asked to
   answer with a phrase copied from the context, after one written example
-  (`QA_DEMONSTRATION`); the answer is the first line it writes; the answer's score is its
+  (`QA_DEMONSTRATION`). By default its greedy decoding is constrained to spans
+  of the context (generation/constrained.py, Castel et al. 2022), so the answer
+  is extracted by the language model itself; with `constrained=False` it writes
+  freely and the answer is the first line it writes. The answer's score is its
   probability under the model, P(answer | prompt), and start/end locate it in
-  the context (both 0 when it is not a span of it).
+  the context (both 0 when a free answer is not a span of it).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import torch
 from lmlab.errors import LmlabError
 from lmlab.generation import GenerationConfig
 from lmlab.generation.chat import user_message
+from lmlab.generation.constrained import greedy_span
 from lmlab.hub.resolve import LoadedModel
 from lmlab.evaluation.harness import PromptedModel
 from lmlab.pipelines.base import Pipeline, check_text, pad_id, truncating
@@ -32,22 +36,27 @@ from lmlab.pipelines.scoring import continuation_logprobs
 
 QA_PROMPT = ("Answer the question with a short phrase copied from the context.\n\n"
              "Context: {context}\n\nQuestion: {question}")
-# One written demonstration before the question (Brown et al. 2020, one-shot): SmolLM2-135M then answers
-# with a phrase more often than with a sentence. SQuAD F1 on 12 questions of XQuAD articles 1-12 (the half
-# bench_tasks does not score): 0.18 with it, against 0.10 as plain text and a sentence or a guess without it.
-QA_DEMONSTRATION = ("The Eiffel Tower was completed in 1889 for the World's Fair in Paris. It was designed by the "
-                    "engineering company of Gustave Eiffel.", "Whose company designed the Eiffel Tower?",
-                    "Gustave Eiffel")
+# Written demonstrations before the question (Brown et al. 2020, few-shot), each a short phrase of its
+# context: SmolLM2-135M then answers with a phrase more often than with a sentence. None is from a scored set.
+QA_DEMONSTRATIONS = (
+    ("The Eiffel Tower was completed in 1889 for the World's Fair in Paris. It was designed by the engineering "
+     "company of Gustave Eiffel.", "Whose company designed the Eiffel Tower?", "Gustave Eiffel"),
+    ("Marie Curie moved to Paris in 1891. She won her first Nobel Prize in 1903, together with Pierre Curie "
+     "and Henri Becquerel, for their work on radioactivity.", "When did Marie Curie win her first Nobel Prize?",
+     "1903"),
+    ("The Amazon flows for about 6,400 kilometres through Peru, Colombia and Brazil before it reaches the "
+     "Atlantic Ocean.", "How long is the Amazon?", "about 6,400 kilometres"),
+)
 
 
-def qa_prompt(question: str, context: str, chat: bool) -> str | list[dict[str, str]]:
-    """The generative QA prompt: the demonstration, then the question; chat turns or plain text."""
-    shown, asked, answer = QA_DEMONSTRATION
-    demo, query = (QA_PROMPT.format(context=shown, question=asked), QA_PROMPT.format(context=context,
-                                                                                     question=question))
+def qa_prompt(question: str, context: str, chat: bool, shots: int = 1) -> str | list[dict[str, str]]:
+    """The generative QA prompt: the first `shots` demonstrations, then the question; chat turns or plain text."""
+    demos = [(QA_PROMPT.format(context=c, question=q), a) for c, q, a in QA_DEMONSTRATIONS[:shots]]
+    query = QA_PROMPT.format(context=context, question=question)
     if chat:
-        return [*user_message(demo), {"role": "assistant", "content": answer}, *user_message(query)]
-    return f"{demo}\nAnswer: {answer}\n\n{query}\nAnswer:"
+        turns = [t for demo, answer in demos for t in (*user_message(demo), {"role": "assistant", "content": answer})]
+        return [*turns, *user_message(query)]
+    return "".join(f"{demo}\nAnswer: {answer}\n\n" for demo, answer in demos) + f"{query}\nAnswer:"
 
 
 def first_line(text: str) -> str:
@@ -81,7 +90,8 @@ class QuestionAnsweringPipeline(Pipeline):
 
     task = "question-answering"
 
-    def __init__(self, loaded: LoadedModel, max_new_tokens: int = 32, **kwargs: Any) -> None:
+    def __init__(self, loaded: LoadedModel, max_new_tokens: int = 32, constrained: bool = True, shots: int = 1,
+                 **kwargs: Any) -> None:
         super().__init__(loaded, **kwargs)
         c = loaded.model.config
         self.extractive = c.head == "question-answering"
@@ -90,10 +100,13 @@ class QuestionAnsweringPipeline(Pipeline):
                              f"`lmlab finetune {loaded.reference} --task question-answering --data train-squad.json "
                              "--out runs/qa`) nor write them (no language-modelling head)")
         self.max_new_tokens = max_new_tokens
+        self.constrained, self.shots = constrained, shots
 
     def describe(self) -> str:
         if self.extractive:
             return f"{self.loaded.reference}, extractive (start/end head)"
+        if self.constrained:
+            return f"{self.loaded.reference}, generative, greedy decoding constrained to spans of the context"
         return f"{self.loaded.reference}, generative (answer written, located in the context)"
 
     def is_single(self, inputs: Any) -> bool:
@@ -142,19 +155,26 @@ class QuestionAnsweringPipeline(Pipeline):
 
     def _generate(self, items: list[tuple[str, str]]) -> list[list[dict[str, Any]]]:
         prompted = PromptedModel.create(self.model, self.tokenizer)
-        prompts = [prompted.ids(qa_prompt(q, c, prompted.chat)) for q, c in items]
+        prompts = [prompted.ids(qa_prompt(q, c, prompted.chat, self.shots)) for q, c in items]
+        if self.constrained:
+            return [[self._located(context, first_line(a.text), a.logprob)] for (_, context), a in
+                    zip(items, greedy_span(self.model, self.tokenizer, prompts, [c for _, c in items],
+                                           self.max_new_tokens))]
         texts = prompted.complete(prompts, GenerationConfig(max_new_tokens=self.max_new_tokens, truncate=True),
                                   self.batch_size)
         answers = [first_line(text) for text in texts]
         scored = continuation_logprobs(self.model, [(p, self.tokenizer.encode(a) or [pad_id(self.loaded)])
                                                     for p, a in zip(prompts, answers)], pad_id(self.loaded))
-        out = []
-        for (_, context), answer, logprob in zip(items, answers, scored):
-            start = context.lower().find(answer.lower()) if answer else -1
-            span = (start, start + len(answer)) if start >= 0 else (0, 0)
-            text = context[span[0]:span[1]] if start >= 0 else answer
-            out.append([{"score": float(np.exp(logprob)), "start": span[0], "end": span[1], "answer": text}])
-        return out
+        return [[self._located(context, answer, logprob)] for (_, context), answer, logprob in
+                zip(items, answers, scored)]
+
+    @staticmethod
+    def _located(context: str, answer: str, logprob: float) -> dict[str, Any]:
+        """The answer with its probability and its characters in the context (0, 0 when it is not there)."""
+        start = context.lower().find(answer.lower()) if answer else -1
+        span = (start, start + len(answer)) if start >= 0 else (0, 0)
+        text = context[span[0]:span[1]] if start >= 0 else answer
+        return {"score": float(np.exp(logprob)), "start": span[0], "end": span[1], "answer": text}
 
 
 __all__ = ["QuestionAnsweringPipeline", "select_spans"]
