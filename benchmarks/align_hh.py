@@ -36,7 +36,7 @@ from lmlab.alignment.reward import score_pairs
 from lmlab.alignment.rlhf import (PPOSettings, align_ppo, closing_tokens, encode_prompts, read_prompts,
                                   score_rollouts)
 from lmlab.finetuning.datasets import DataFormat
-from lmlab.finetuning.recipe import FinetuneSettings, finetune
+from lmlab.finetuning.recipe import FinetuneResult, FinetuneSettings, finetune
 from lmlab.hub.checkpoint import load_checkpoint
 from lmlab.hub.resolve import load_model
 from lmlab.io import write_json, write_text
@@ -69,19 +69,25 @@ def update_report(out: Path, part: str, entry: dict) -> None:
     print(json.dumps({part: entry}), flush=True)
 
 
-def held_out_pairs(val: Path, task: str, tokenizer, eos_id: int, max_length: int):
-    return load_preferences(val, DataFormat(task=task, max_length=max_length), tokenizer, validation=val,
-                            eos_id=eos_id).validation
+def held_out_pairs(a: argparse.Namespace, val: Path, task: str, tokenizer, eos_id: int):
+    """The first --scored held-out pairs (all by default)."""
+    return load_preferences(val, DataFormat(task=task, max_length=a.max_length), tokenizer, validation=val,
+                            eos_id=eos_id).validation[:a.scored]
+
+
+def trained(out: Path) -> FinetuneResult | None:
+    """The result of a fine-tune that finished in `out` (then only its scoring runs again), else None."""
+    return FinetuneResult.load(out) if (out / "finetune.json").is_file() else None
 
 
 def run_reward(a: argparse.Namespace, train: Path, val: Path) -> None:
     """Train with a few held-out pairs as the trainer's validation (cheap), then score all the held-out pairs."""
     start = time.perf_counter()
-    rm = finetune(FinetuneSettings(model=MODEL, data=train, validation=a.out / "data" / "monitor.jsonl",
-                                   out=a.out / "reward", lr=a.reward_lr,
-                                   format=DataFormat(task="reward", max_length=a.max_length), **common(a)))
+    rm = trained(a.out / "reward") or finetune(FinetuneSettings(
+        model=MODEL, data=train, validation=a.out / "data" / "monitor.jsonl", out=a.out / "reward", lr=a.reward_lr,
+        format=DataFormat(task="reward", max_length=a.max_length), **common(a)))
     model = load_checkpoint(rm.model_dir).eval()
-    pairs = held_out_pairs(val, "reward", load_model(MODEL).tokenizer, model.config.eos_token_id, a.max_length)
+    pairs = held_out_pairs(a, val, "reward", load_model(MODEL).tokenizer, model.config.eos_token_id)
     with autocast(a):
         scores = score_pairs(model, pairs, pad_id=model.config.eos_token_id, batch_size=16)
     update_report(a.out, "reward", {"held_out": {"pairs": len(pairs), **scores.values()}, "steps": rm.steps,
@@ -105,13 +111,13 @@ def compare(a: argparse.Namespace, model, base, reward_model) -> dict:
 
 def run_dpo(a: argparse.Namespace, train: Path, val: Path) -> None:
     start = time.perf_counter()
-    dpo = finetune(FinetuneSettings(model=MODEL, data=train, validation=a.out / "data" / "monitor.jsonl",
-                                    out=a.out / "dpo", lr=a.dpo_lr, beta=0.1,
-                                    format=DataFormat(task="dpo", max_length=a.max_length), **common(a)))
+    dpo = trained(a.out / "dpo") or finetune(FinetuneSettings(
+        model=MODEL, data=train, validation=a.out / "data" / "monitor.jsonl", out=a.out / "dpo", lr=a.dpo_lr, beta=0.1,
+        format=DataFormat(task="dpo", max_length=a.max_length), **common(a)))
     base = load_model(MODEL)
     pad = base.model.config.eos_token_id
     aligned = load_checkpoint(dpo.model_dir).eval()
-    pairs = held_out_pairs(val, "dpo", base.tokenizer, pad, a.max_length)
+    pairs = held_out_pairs(a, val, "dpo", base.tokenizer, pad)
     with autocast(a):
         cache_reference_logps(base.model, pairs, pad, batch_size=16, progress=False)
         scores = score_dpo(aligned, pairs, pad, beta=0.1, batch_size=16)
@@ -140,6 +146,7 @@ def main() -> None:
     p.add_argument("--parts", default=",".join(PARTS), help="which parts to run, in order (default: all three)")
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--val", type=int, default=300, help="held-out pairs, the last of the file")
+    p.add_argument("--scored", type=int, default=None, help="held-out pairs scored, the first of them (default: all)")
     p.add_argument("--train", type=int, default=None, help="training pairs (default: --steps x --batch-size, the "
                    "pairs the steps see; DPO computes reference log-probabilities of all of them)")
     p.add_argument("--steps", type=int, default=16, help="optimizer steps of the reward model and of DPO")
