@@ -57,14 +57,16 @@ from tqdm.auto import tqdm
 from lmlab.alignment.dpo import check_policy
 from lmlab.alignment.ppo import AdaptiveKL, clipped_policy_loss, clipped_value_loss, gae, kl_penalized_rewards, masked_mean
 from lmlab.alignment.preferences import CHOSEN, REJECTED, PairEncoder, Prompt, split_conversations
-from lmlab.alignment.reward import is_reward_model
+from lmlab.alignment.reward import check_reward_model, is_reward_model
 from lmlab.errors import LmlabError
 from lmlab.finetuning.datasets import _check_messages, _pad, _Records
+from lmlab.finetuning.recipe import _base_reference
 from lmlab.generation import GenerationConfig, generate
+from lmlab.generation.incremental import end_of_sequence_ids, padding_id
 from lmlab.hub.checkpoint import save_checkpoint
 from lmlab.hub.resolve import load_model
 from lmlab.io import json_line, replace_folder, save_figure, save_safetensors, write_json
-from lmlab.models.lora import apply_lora, count_parameters, merge_lora, save_adapter
+from lmlab.models.lora import adapters_disabled, apply_lora, count_parameters, merge_lora, save_adapter
 from lmlab.planning.measure import PeakMemory
 from lmlab.training.trainer import DTYPES, open_run
 
@@ -271,8 +273,6 @@ def score_rollouts(policy: nn.Module, reward: nn.Module, tokenizer: Any, prompts
                    batch_size: int = 16) -> dict[str, Any]:
     """Sample an answer to each prompt from `policy` and score it with the reward model: the scores, their mean,
     and (given the `reference` model) the mean KL(policy || reference) per answer, as the PPO loop measures it."""
-    from lmlab.generation.incremental import end_of_sequence_ids, padding_id
-
     eos_ids, pad_id = end_of_sequence_ids(policy, tokenizer), padding_id(policy, tokenizer)
     scores, kls = [], []
     for first in range(0, len(prompts), batch_size):
@@ -338,8 +338,6 @@ def sample_answers(policy: nn.Module, tokenizer: Any, prompts: Sequence[list[int
 def experience(m: Models, prompts: Sequence[list[int]], closings: Sequence[list[int]], answers: Sequence[list[int]],
                kl_coef: float, gamma: float = 1.0, lam: float = 0.95) -> Experience:
     """Score, per-token KL-penalized rewards, values, GAE advantages and returns of a batch of rollouts."""
-    from lmlab.models.lora import adapters_disabled
-
     r = Rollouts.collate(prompts, answers, m.pad_id)
     logps, logp_all = answer_logps(m.policy, r)
     with adapters_disabled(m.policy):
@@ -419,9 +417,6 @@ def closing_tokens(encoder: PairEncoder, prompt: Prompt) -> list[int]:
 def load_models(s: PPOSettings) -> tuple[Models, Any]:
     """The policy with LoRA adapters, the reward model, the value model and its value head; one clear line for a
     model that cannot play its part. Returns the models and the LoRA report."""
-    from lmlab.alignment.reward import check_reward_model
-    from lmlab.generation.incremental import end_of_sequence_ids, padding_id
-
     loaded = load_model(s.model)
     policy, tokenizer = loaded.model, loaded.tokenizer
     check_policy(policy.config, s.model, "PPO")
@@ -446,8 +441,6 @@ def load_models(s: PPOSettings) -> tuple[Models, Any]:
 
 def align_ppo(s: PPOSettings) -> PPOResult:
     """Run RLHF with PPO as `s` says (see the module docstring) and write its outputs to `s.out`."""
-    from lmlab.finetuning.recipe import _base_reference
-
     start = time.perf_counter()
     s.check()
     memory = PeakMemory()
