@@ -3,10 +3,12 @@
 For each dtype the model is loaded as bench_decode.py loads it (`load_model(..., fuse=True)`), a
 ~300-token prompt is prefilled into a one-slot cache, and then:
 
-- one decode step runs under torch.profiler: the number of operator calls it makes (all of them,
-  and the top-level ones the Python code issues), and the operators that take the most time;
-- `--tokens` greedy decode steps are timed, best of `--repeats`: ms per token through the model
-  alone (model forward + argmax) and through `stream_generate` (what bench_decode.py times).
+- one decode step runs under torch.profiler, through the module path (`model(ids, cache=...)`) and
+  through the flat loop the engine uses (`lmlab.models.decode_step.DecodeStep`): the number of
+  operator calls each makes (all of them, and the top-level ones the Python code issues), and the
+  operators that take the most time in the loop;
+- `--tokens` greedy decode steps are timed, best of `--repeats`: ms per token through the module path
+  and through the loop (forward + argmax), and through `stream_generate` (what bench_decode.py times).
 
 The load average is printed with the timings: on a busy machine they are provisional.
 
@@ -28,6 +30,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from lmlab.generation import GenerationConfig, stream_generate
 from lmlab.hub.resolve import load_model
+from lmlab.models.decode_step import DecodeStep
 
 from bench_decode import prompt_ids  # the same ~300-token prompt
 
@@ -49,27 +52,29 @@ def prefill(model, prompt: list[int], max_len: int):
 
 
 @torch.inference_mode()
-def decode_step(model, cache, token: torch.Tensor) -> torch.Tensor:
+def decode_step(model, cache, token: torch.Tensor, loop: DecodeStep | None = None) -> torch.Tensor:
+    """One greedy decode step through the module path, or through `loop` when given."""
     cache.decode(1, [True])
-    return model(token[:, None], cache=cache).logits[:, -1].argmax(-1)
+    logits = loop(token[:, None], cache) if loop is not None else model(token[:, None], cache=cache).logits[:, -1]
+    return logits.argmax(-1)
 
 
-def op_counts(model, prompt: list[int], top: int) -> tuple[int, int, str]:
+def op_counts(model, prompt: list[int], top: int, loop: DecodeStep | None) -> tuple[int, int, str]:
     cache, token = prefill(model, prompt, len(prompt) + 8)
-    token = decode_step(model, cache, token)  # warm
+    token = decode_step(model, cache, token, loop)  # warm
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        decode_step(model, cache, token)
+        decode_step(model, cache, token, loop)
     events = [e for e in prof.events() if not e.name.startswith("ProfilerStep")]
     top_level = sum(1 for e in events if e.cpu_parent is None)
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
     return len(events), top_level, table
 
 
-def model_ms_per_token(model, prompt: list[int], tokens: int) -> float:
+def model_ms_per_token(model, prompt: list[int], tokens: int, loop: DecodeStep | None = None) -> float:
     cache, token = prefill(model, prompt, len(prompt) + tokens + 1)
     start = time.perf_counter()
     for _ in range(tokens):
-        token = decode_step(model, cache, token)
+        token = decode_step(model, cache, token, loop)
     return (time.perf_counter() - start) * 1000 / tokens
 
 
@@ -93,20 +98,28 @@ def main() -> None:
         loaded = load(dtype)
         model = loaded.model
         prompt = prompt_ids(loaded.tokenizer)
-        model_ms_per_token(model, prompt, 4)  # warm-up (and compilation)
+        loop = DecodeStep.build(model)
+        model_ms_per_token(model, prompt, 4)  # warm-up
+        model_ms_per_token(model, prompt, 4, loop)
         ready = time.perf_counter() - start
-        events, top_level, table = op_counts(model, prompt, args.top)
+        events, top_level, _ = op_counts(model, prompt, 0, None)
+        loop_events, loop_top_level, table = op_counts(model, prompt, args.top, loop)
         if args.top:
-            print(f"--- {dtype}: one decode step, {events} operator calls ({top_level} top-level)\n{table}")
-        raw = min((model_ms_per_token(model, prompt, args.tokens) for _ in range(args.repeats)), default=math.nan)
-        streamed = min((stream_ms_per_token(model, prompt, args.tokens) for _ in range(args.repeats)),
-                       default=math.nan)
-        rows.append((dtype, events, top_level, raw, streamed, ready))
+            print(f"--- {dtype}: one decode step through the loop, {loop_events} operator calls "
+                  f"({loop_top_level} top-level)\n{table}")
+        times = {"module": [], "loop": [], "stream": []}
+        for _ in range(args.repeats):  # alternating, so that a busy machine slows each alike
+            times["module"].append(model_ms_per_token(model, prompt, args.tokens))
+            times["loop"].append(model_ms_per_token(model, prompt, args.tokens, loop))
+            times["stream"].append(stream_ms_per_token(model, prompt, args.tokens))
+        best = {name: min(t, default=math.nan) for name, t in times.items()}
+        rows.append((dtype, events, top_level, loop_events, loop_top_level, best, ready))
         print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
-    print(f"\n{'dtype':>5} {'ops/step':>8} {'top-level':>9} {'model ms/tok':>12} {'stream ms/tok':>13} "
-          f"{'load+warm s':>11}")
-    for dtype, events, top_level, raw, streamed, ready in rows:
-        print(f"{dtype:>5} {events:8d} {top_level:9d} {raw:12.2f} {streamed:13.2f} {ready:11.1f}")
+    print(f"\n{'dtype':>5} {'ops/step':>8} {'top-level':>9} {'loop ops':>8} {'loop top':>8} {'module ms/tok':>13} "
+          f"{'loop ms/tok':>11} {'stream ms/tok':>13} {'load+warm s':>11}")
+    for dtype, events, top_level, loop_events, loop_top_level, best, ready in rows:
+        print(f"{dtype:>5} {events:8d} {top_level:9d} {loop_events:8d} {loop_top_level:8d} {best['module']:13.2f} "
+              f"{best['loop']:11.2f} {best['stream']:13.2f} {ready:11.1f}")
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

@@ -37,6 +37,7 @@ from lmlab.generation.incremental import check_generative, end_of_sequence_ids, 
 from lmlab.generation.sampling import GenerationConfig, next_token
 from lmlab.generation.text import Completion, IncrementalText
 from lmlab.models import Transformer
+from lmlab.models.decode_step import DecodeStep
 
 DEFAULT_MAX_LEN = 2048  # positions per slot when the caller names none (and the model's window is longer)
 MAX_TOP_LOGPROBS = 20  # as OpenAI's API
@@ -184,6 +185,7 @@ class Engine:
         self.max_len, self.prefill_chunk = max_len, prefill_chunk
         self.device = model.device
         self.cache = model.new_slot_cache(slots, max_len)
+        self._decode_step = DecodeStep.build(model)  # the decode pass in few calls, when the model allows
         self._eos = end_of_sequence_ids(model, tokenizer)
         self._pad = padding_id(model, tokenizer)
         self._seen: torch.Tensor | None = None  # [slots, V] bool: prompt and generated tokens (repetition penalty)
@@ -397,7 +399,10 @@ class Engine:
             tokens[seq.slot], active[seq.slot] = seq.last_token, True
         self.cache.decode(n_rows, active)
         ids = torch.tensor(tokens, device=self.device)[:, None]
-        logits = self.model(ids, cache=self.cache).logits[:, -1]
+        if self._decode_step is not None and not self.model.training:
+            logits = self._decode_step(ids, self.cache)
+        else:
+            logits = self.model(ids, cache=self.cache).logits[:, -1]
         self._choose(rows, logits[[seq.slot for seq in rows]] if len(rows) < n_rows else logits)
 
     # -- choosing tokens and telling the callers --
