@@ -37,10 +37,10 @@ from lmlab.evaluation.perplexity import perplexity
 from lmlab.hub.checkpoint import load_checkpoint, save_checkpoint
 from lmlab.hub.resolve import load_model
 from lmlab.models import Transformer
-from lmlab.quantization.checkpoint import load_quantized, save_quantized
+from lmlab.hub.quantized_checkpoint import load_quantized, save_quantized
 from lmlab.quantization.int4 import Int4Spec
 from lmlab.quantization.quantized_linear import quantize_model
-from lmlab.quantization.recipe import tensor_bytes
+from lmlab.hub.quantize import tensor_bytes
 from lmlab.quantization.schemes import QuantSpec
 
 TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"

@@ -17,7 +17,7 @@ from lmlab.data.pipeline import char_tokenizer
 from lmlab.hub.checkpoint import export_hf, save_checkpoint
 from lmlab.models import Transformer
 from lmlab.models.lora import apply_lora, save_adapter
-from lmlab.quantization.checkpoint import save_quantized
+from lmlab.hub.quantized_checkpoint import save_quantized
 from lmlab.quantization.quantized_linear import quantize_model
 from lmlab.quantization.schemes import QuantSpec
 from lmlab.tokenizers import save_tokenizer_folder
@@ -25,7 +25,7 @@ from lmlab.tokenizers import save_tokenizer_folder
 KILLS_PER_KIND = 8
 PAUSE = "0.02"  # seconds between the steps of a save (lmlab.io.PAUSE_ENV): each step is as likely to be hit
 FORKSERVER = multiprocessing.get_context("forkserver")
-FORKSERVER.set_forkserver_preload(["lmlab.hub.checkpoint", "lmlab.quantization.checkpoint", "lmlab.models.lora"])
+FORKSERVER.set_forkserver_preload(["lmlab.hub.checkpoint", "lmlab.hub.quantized_checkpoint", "lmlab.models.lora"])
 
 
 def _model(version: int) -> Transformer:

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from lmlab.config import get_preset
-from lmlab.finetuning.prepare import attach_head
+from lmlab.models.heads import attach_head
 from lmlab.hub.checkpoint import export_hf, save_checkpoint
 from lmlab.models import Transformer
 from lmlab.tokenizers import load_tokenizer

@@ -12,7 +12,7 @@ from lmlab.alignment.preferences import PairCollator, count_pairs, load_preferen
 from lmlab.alignment.reward import is_reward_model, reward_loss_sum, score_pairs
 from lmlab.cli.main import main
 from lmlab.finetuning.datasets import DataFormat
-from lmlab.finetuning.prepare import attach_head
+from lmlab.models.heads import attach_head
 from lmlab.hub.checkpoint import load_checkpoint
 from lmlab.tokenizers import load_tokenizer
 from tests.alignment.conftest import colour_pairs, write_jsonl

@@ -14,7 +14,7 @@ from lmlab.alignment.ppo import clipped_policy_loss, clipped_value_loss, gae, kl
 from lmlab.alignment.rlhf import PPOSettings, align_ppo, closing_tokens, experience, load_models, ppo_loss
 from lmlab.alignment.preferences import PairEncoder
 from lmlab.cli.main import main
-from lmlab.finetuning.prepare import attach_head
+from lmlab.models.heads import attach_head
 from lmlab.hub.checkpoint import load_checkpoint, save_checkpoint
 from lmlab.models.lora import lora_modules
 from lmlab.tokenizers import load_tokenizer

@@ -13,7 +13,8 @@ import transformers
 from lmlab.finetuning.datasets import Collator, DataFormat, Example, load_data
 from lmlab.finetuning.evaluate import validation_loss
 from lmlab.finetuning.prepare import enable_gradient_checkpointing, plan_memory
-from lmlab.finetuning.recipe import EarlyStopping, FinetuneSettings, finetune, load_adapted_model
+from lmlab.finetuning.recipe import EarlyStopping, FinetuneSettings, finetune
+from lmlab.hub.adapters import load_adapted_model
 from lmlab.generation import GenerationConfig, generate
 from lmlab.hub.checkpoint import export_hf
 from lmlab.hub.resolve import load_model

@@ -13,7 +13,7 @@ from lmlab.config import get_preset
 from lmlab.errors import LmlabError
 from lmlab.hub.checkpoint import load_checkpoint, save_checkpoint
 from lmlab.models import Transformer
-from lmlab.quantization.checkpoint import QUANTIZATION_CONFIG, load_quantized, save_quantized
+from lmlab.hub.quantized_checkpoint import QUANTIZATION_CONFIG, load_quantized, save_quantized
 from lmlab.quantization.quantized_linear import QuantizedEmbedding, quantize_model
 from lmlab.quantization.schemes import GRANULARITIES, SCHEMES, QuantSpec
 

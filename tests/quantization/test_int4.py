@@ -21,7 +21,7 @@ from lmlab.errors import LmlabError
 from lmlab.hub.checkpoint import save_checkpoint
 from lmlab.hub.resolve import load_model
 from lmlab.models import Transformer
-from lmlab.quantization.checkpoint import QUANTIZATION_CONFIG, load_quantized, save_quantized
+from lmlab.hub.quantized_checkpoint import QUANTIZATION_CONFIG, load_quantized, save_quantized
 from lmlab.quantization.int4 import (GROUP_SIZES, PACK_ROWS, Int4Linear, Int4Spec, kernel_operands, pack_nibbles,
                                      quantize_int4, unpack_nibbles)
 from lmlab.quantization.quantized_linear import (QuantizedEmbedding, QuantizedLinear, TiedQuantizedLinear,

@@ -10,8 +10,8 @@ from lmlab.config import get_preset
 from lmlab.evaluation.perplexity import perplexity
 from lmlab.hub.checkpoint import load_checkpoint, save_checkpoint
 from lmlab.models import Transformer
-from lmlab.quantization.checkpoint import load_quantized
-from lmlab.quantization.recipe import default_eval_text
+from lmlab.hub.quantized_checkpoint import load_quantized
+from lmlab.hub.quantize import default_eval_text
 from lmlab.tokenizers import train_bpe
 
 TEXT = ("The lighthouse keeper counted the ships every evening. Some nights there were three, some nights none, "

@@ -14,7 +14,7 @@ from lmlab.config import get_preset
 from lmlab.models import Transformer
 from lmlab.quantization.quantized_linear import (QuantizedEmbedding, QuantizedLinear, TiedQuantizedLinear,
                                                  quantize_model)
-from lmlab.quantization.recipe import tensor_bytes
+from lmlab.hub.quantize import tensor_bytes
 from lmlab.quantization.schemes import GRANULARITIES, SCHEMES, QuantSpec
 
 ALL_SPECS = [QuantSpec(scheme, granularity, 32) for scheme in SCHEMES for granularity in GRANULARITIES]

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from lmlab.evaluation.perplexity import perplexity
-from lmlab.quantization.checkpoint import load_quantized, save_quantized
+from lmlab.hub.quantized_checkpoint import load_quantized, save_quantized
 from lmlab.quantization.quantized_linear import quantize_model
-from lmlab.quantization.recipe import default_eval_text, tensor_bytes
+from lmlab.hub.quantize import default_eval_text, tensor_bytes
 from lmlab.quantization.schemes import QuantSpec
 
 

@@ -1,6 +1,6 @@
 """`lmlab quantize`: store a model's weights in fewer bits and show what it costs in perplexity.
 
-A thin shell over `lmlab.quantization.recipe.quantize_checkpoint`.
+A thin shell over `lmlab.hub.quantize.quantize_checkpoint`.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from lmlab.cli.options import Applies, check_applies
 from lmlab.errors import LmlabError
 from lmlab.hub.resolve import DEFAULT_MODEL
 from lmlab.planning.units import format_bytes
-from lmlab.quantization.checkpoint import DTYPES
+from lmlab.hub.quantized_checkpoint import DTYPES
 from lmlab.quantization.int4 import DEFAULT_GROUP_SIZE, GROUP_SIZES, Int4Spec
-from lmlab.quantization.recipe import DEFAULT_EVAL_TOKENS, QuantizeResult, quantize_checkpoint
+from lmlab.hub.quantize import DEFAULT_EVAL_TOKENS, QuantizeResult, quantize_checkpoint
 from lmlab.quantization.schemes import GRANULARITIES, SCHEMES, QuantSpec
 
 EXAMPLES = """\

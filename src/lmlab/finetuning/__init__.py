@@ -1,11 +1,12 @@
 """Fine-tuning: full and LoRA, for generation (prompt-completion and chat data) and classification.
 
-datasets.py reads and tokenizes the data, prepare.py readies the model (task head, gradient
+datasets.py reads and tokenizes the data, prepare.py readies the model (gradient
 checkpointing, memory plan), evaluate.py scores it, recipe.py runs the whole procedure.
 """
 
 from lmlab.finetuning.datasets import DataFormat, FinetuneData, load_data
-from lmlab.finetuning.recipe import FinetuneResult, FinetuneSettings, finetune, load_adapted_model
+from lmlab.finetuning.recipe import FinetuneResult, FinetuneSettings, finetune
+from lmlab.hub.adapters import load_adapted_model
 
 __all__ = ["DataFormat", "FinetuneData", "FinetuneResult", "FinetuneSettings", "finetune", "load_adapted_model",
            "load_data"]

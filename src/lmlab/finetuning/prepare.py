@@ -1,9 +1,6 @@
-"""Getting a pre-trained model ready to fine-tune: a new task head, gradient checkpointing, a memory plan.
+"""Getting a pre-trained model ready to fine-tune: gradient checkpointing and a memory plan (its new task
+head, if any, is `lmlab.models.heads.attach_head`).
 
-- A classification head (Devlin et al. 2018, section 4.1; Radford et al. 2018
-  for decoders) replaces the language-modelling head: new weights drawn from
-  N(0, 0.02) with zero biases, as BERT initializes them; the label names travel
-  in the config (`extra["id2label"]`) so predictions can be read back as names.
 - Gradient checkpointing (Chen et al. 2016, "Training Deep Nets with Sublinear
   Memory Cost") keeps only each block's input during the forward pass and
   recomputes the block's activations during the backward pass: about one extra
@@ -24,42 +21,16 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from lmlab.config import ModelConfig
-from lmlab.errors import LmlabError
 from lmlab.finetuning.datasets import Collator, Example
 from lmlab.models import Transformer
-from lmlab.models.heads import make_head
 from lmlab.planning.measure import saved_tensor_bytes
 from lmlab.planning.memory import activation_term
 from lmlab.planning.units import format_bytes
 from lmlab.training.objectives import loss_sum
 
-HEAD_INIT_STD = 0.02
 FP32_BYTES = 4
 ADAMW_STATES = 2  # first and second moment
 PROBE_TOKENS = 32  # the length of the sequence whose saved activations the plan counts
-
-
-def attach_head(model: Transformer, head: str, labels: list[str] | None = None, seed: int = 0) -> Transformer:
-    """Give `model` a freshly initialized task head: sequence-classification or token-classification for
-    `labels` (id = position), or question-answering (a start and an end logit per token)."""
-    c = model.config
-    if c.arch == "encoder-decoder":
-        raise LmlabError(f"a {head} head needs an encoder (BERT-like) or a decoder (GPT-like) model; an "
-                         "encoder-decoder writes its answers as text: fine-tune it for generation")
-    labels = labels or []
-    extra = {**c.extra, "id2label": {str(i): name for i, name in enumerate(labels)}} if labels else c.extra
-    config = c.replace(head=head, num_labels=len(labels) or 2, extra=extra)
-    new = make_head(config, model.tok_emb)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in new.named_parameters():
-            if name.endswith("bias"):
-                param.zero_()
-            else:
-                param.copy_(torch.randn(param.shape, generator=generator) * HEAD_INIT_STD)
-    model.head = new.to(device=model.tok_emb.weight.device, dtype=model.tok_emb.weight.dtype)
-    model.config = config
-    return model
 
 
 def id2label(config: ModelConfig) -> list[str]:

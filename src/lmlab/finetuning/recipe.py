@@ -39,15 +39,16 @@ from lmlab.config import ModelConfig
 from lmlab.errors import LmlabError
 from lmlab.finetuning.datasets import PREFERENCE_TASKS, Collator, DataFormat, FinetuneData, load_data
 from lmlab.finetuning.evaluate import HEADLINE, Scores, check_metric, higher_is_better, score
-from lmlab.finetuning.prepare import MemoryPlan, attach_head, enable_gradient_checkpointing, plan_memory
+from lmlab.finetuning.prepare import MemoryPlan, enable_gradient_checkpointing, plan_memory
 from lmlab.hub.checkpoint import save_checkpoint
 from lmlab.hub.model_card import CardFacts, EvalResult, run_card_facts, write_model_card
-from lmlab.hub.resolve import LoadedModel, load_model
+from lmlab.hub.resolve import load_model
 from lmlab.io import remove_folder, write_json
 from lmlab.planning.limits import check_fits
 from lmlab.planning.measure import PeakMemory
 from lmlab.planning.units import format_bytes
-from lmlab.models.lora import AdapterConfig, LoRAReport, apply_lora, count_parameters, load_adapter, merge_lora, save_adapter
+from lmlab.models.heads import attach_head
+from lmlab.models.lora import apply_lora, count_parameters, merge_lora, save_adapter
 from lmlab.training.distributed import DistEnv, run_on_main
 from lmlab.training.fsdp import ParallelConfig
 from lmlab.training.objectives import Objective
@@ -396,18 +397,4 @@ def _base_reference(model: str) -> str:
     return str(path.resolve()) if path.exists() else model
 
 
-def load_adapted_model(adapter_folder: str | Path, dtype: torch.dtype = torch.float32) -> tuple[LoadedModel,
-                                                                                                 LoRAReport]:
-    """The base model an adapter folder names, with the adapter on it (and its classification head)."""
-    adapter = AdapterConfig.load(Path(adapter_folder))
-    loaded = load_model(adapter.base_model, dtype)
-    head = adapter.base_config.get("head")
-    if head in HEADS.values() and loaded.model.config.head != head:
-        names = adapter.base_config.get("extra", {}).get("id2label", {})
-        attach_head(loaded.model, head, [names[str(i)] for i in range(len(names))])
-    report = load_adapter(loaded.model, Path(adapter_folder))
-    loaded.model.eval()
-    return loaded, report
-
-
-__all__ = ["FinetuneResult", "FinetuneSettings", "MemoryPlan", "finetune", "load_adapted_model"]
+__all__ = ["FinetuneResult", "FinetuneSettings", "MemoryPlan", "finetune"]

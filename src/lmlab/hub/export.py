@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from lmlab.errors import LmlabError
+from lmlab.hub.adapters import load_adapted_model
 from lmlab.hub.checkpoint import export_hf
 from lmlab.hub.gguf_export import OUTTYPES, OutType, gguf_architecture, write_gguf
 from lmlab.hub.model_card import CardFacts, base_model_id, read_card_facts, write_model_card
@@ -40,8 +41,6 @@ def load_for_export(reference: str) -> tuple[Transformer, object, Path | None]:
     """The model to export (LoRA merged), its tokenizer, and the folder whose card facts describe it."""
     path = Path(reference).expanduser()
     if (path / ADAPTER_CONFIG).is_file():
-        from lmlab.finetuning.recipe import load_adapted_model
-
         loaded, _ = load_adapted_model(path)
         return merge_lora(loaded.model).eval(), loaded.tokenizer, path.parent / "model"
     loaded = load_model(reference)

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Literal
 
 import gguf
-import numpy as np
 import torch
 
 from lmlab.config import ModelConfig

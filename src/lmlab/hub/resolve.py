@@ -25,10 +25,12 @@ from lmlab.errors import LmlabError, did_you_mean
 from lmlab.hub.checkpoint import (LMLAB_CONFIG, build_model, is_hf_folder, is_lmlab_checkpoint, load_checkpoint, load_hf_folder,
                                   read_hf_config)
 from lmlab.hub.convert import config_from_hf
+from lmlab.hub.quantized_checkpoint import load_quantized
 from lmlab.models import Transformer
 from lmlab.models.fusion import fuse_projections
 from lmlab.planning.limits import check_fits
 from lmlab.planning.params import count_parameters
+from lmlab.quantization.quantized_linear import quantize_model
 from lmlab.quantization.weight_format import WeightFormat
 
 
@@ -179,8 +181,6 @@ def _load(reference: str, weights: WeightFormat, seed: int, head: str | None, fu
         return LoadedModel(model, tokenizer_from_gguf(reader), reference, f"GGUF file {path}")
     if kind == "lmlab":
         if (path / "quantization.json").is_file():
-            from lmlab.quantization.checkpoint import load_quantized
-
             model = load_quantized(path, weights.compute_dtype, expected=weights.spec)
             if fuse:
                 fuse_projections(model)
@@ -199,8 +199,6 @@ def _quantize(model: Transformer, weights: WeightFormat, reference: str, fuse: b
         fuse_projections(model)
     if weights.spec is None:
         return model
-    from lmlab.quantization.quantized_linear import quantize_model
-
     try:
         return quantize_model(model, weights.spec).to(weights.compute_dtype)
     except LmlabError as err:

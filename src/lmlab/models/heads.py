@@ -9,15 +9,29 @@
 - token-classification: a label per token (NER, POS).
 - question-answering: a start and an end logit per token, for extractive spans
   (BERT on SQuAD).
+
+A task head put on a pre-trained model (`attach_head`, Devlin et al. 2018, section
+4.1; Radford et al. 2018 for decoders) replaces its language-modelling head: new
+weights drawn from N(0, 0.02) with zero biases, as BERT initializes them; the label
+names travel in the config (`extra["id2label"]`) so predictions read back as names.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from lmlab.config import ModelConfig
+from lmlab.errors import LmlabError
 from lmlab.models.feedforward import activation_fn
+
+if TYPE_CHECKING:
+    from lmlab.models.transformer import Transformer
+
+HEAD_INIT_STD = 0.02
+TASK_HEADS = ("sequence-classification", "token-classification", "question-answering")  # put on by attach_head
 
 
 class LMHead(nn.Module):
@@ -112,3 +126,26 @@ def make_head(config: ModelConfig, embedding: nn.Embedding) -> nn.Module | None:
     if config.head == "question-answering":
         return QuestionAnsweringHead(config)
     return None
+
+
+def attach_head(model: Transformer, head: str, labels: list[str] | None = None, seed: int = 0) -> Transformer:
+    """Give `model` a freshly initialized task head: sequence-classification or token-classification for
+    `labels` (id = position), or question-answering (a start and an end logit per token)."""
+    c = model.config
+    if c.arch == "encoder-decoder":
+        raise LmlabError(f"a {head} head needs an encoder (BERT-like) or a decoder (GPT-like) model; an "
+                         "encoder-decoder writes its answers as text: fine-tune it for generation")
+    labels = labels or []
+    extra = {**c.extra, "id2label": {str(i): name for i, name in enumerate(labels)}} if labels else c.extra
+    config = c.replace(head=head, num_labels=len(labels) or 2, extra=extra)
+    new = make_head(config, model.tok_emb)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in new.named_parameters():
+            if name.endswith("bias"):
+                param.zero_()
+            else:
+                param.copy_(torch.randn(param.shape, generator=generator) * HEAD_INIT_STD)
+    model.head = new.to(device=model.tok_emb.weight.device, dtype=model.tok_emb.weight.dtype)
+    model.config = config
+    return model

@@ -21,7 +21,7 @@ from lmlab.evaluation.perplexity import PerplexityResult, perplexity
 from lmlab.hub.resolve import EMBEDDED, LoadedModel, embedded_path, load_model
 from lmlab.io import MODEL_KIND, claim_folder
 from lmlab.models import Transformer
-from lmlab.quantization.checkpoint import (TORCH_DTYPES, check_dtype, is_quantized_checkpoint, load_quantized,
+from lmlab.hub.quantized_checkpoint import (TORCH_DTYPES, check_dtype, is_quantized_checkpoint, load_quantized,
                                            save_quantized)
 from lmlab.quantization.int4 import Int4Spec
 from lmlab.quantization.quantized_linear import check_int4_shapes, quantize_model
