@@ -402,8 +402,8 @@ def main() -> None:
     qa.add_argument("--qa-free", action="store_true",
                     help="let the model write freely (first line kept) instead of the default greedy decoding "
                          "constrained to spans of the context (Castel et al. 2022)")
-    qa.add_argument("--qa-shots", type=int, default=1, help="written demonstrations before the question (0-3, "
-                                                            "default 1)")
+    qa.add_argument("--qa-shots", type=int, default=3, help="written demonstrations before the question (0-3, "
+                                                            "default 3)")
     qa.add_argument("--qa-max-new-tokens", type=int, default=32, help="longest answer in tokens (default 32)")
     qa.add_argument("--xquad-select", type=int, default=0, metavar="N",
                     help="score N questions of articles 1-12 instead of articles 13-24: the questions to choose "

@@ -134,10 +134,11 @@ def test_generative_answer_is_the_first_written_line():
 
     assert first_line("\n Gustave Eiffel.\nThe tower was designed by him.") == "Gustave Eiffel"
     assert first_line("") == ""
-    turns = qa_prompt("Who?", "Tom said hello.", chat=True)
+    turns = qa_prompt("Who?", "Tom said hello.", chat=True, shots=1)
     assert [t["role"] for t in turns] == ["user", "assistant", "user"] and "Tom said hello." in turns[-1]["content"]
-    plain = qa_prompt("Who?", "Tom said hello.", chat=False)
+    plain = qa_prompt("Who?", "Tom said hello.", chat=False, shots=1)
     assert plain.endswith("Context: Tom said hello.\n\nQuestion: Who?\nAnswer:")
+    assert [t["role"] for t in qa_prompt("Who?", "Tom said hello.", chat=True)] == ["user", "assistant"] * 3 + ["user"]
 
 
 def test_generative_qa_extracts_a_span_by_default(tiny_chat):
@@ -147,14 +148,6 @@ def test_generative_qa_extracts_a_span_by_default(tiny_chat):
     out = qa(question="who said hello?", context=context)
     assert out["answer"] and out["answer"] == context[out["start"]:out["end"]]
     assert 0 < out["score"] <= 1
-    turns = qa_prompt_of(3)
-    assert [t["role"] for t in turns] == ["user", "assistant"] * 3 + ["user"]
-
-
-def qa_prompt_of(shots: int):
-    from lmlab.pipelines.question_answering import qa_prompt
-
-    return qa_prompt("Who?", "Tom said hello.", chat=True, shots=shots)
 
 
 def test_a_prefix_longer_than_the_window_is_scored_on_its_last_tokens(tiny_chat):
