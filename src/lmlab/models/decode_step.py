@@ -5,8 +5,8 @@ them: a 30-layer model makes ~1,000 operator calls and ~2,000 `nn.Module` calls 
 costs microseconds of Python and dispatch (benchmarks/bench_decode_step.py counts them). `DecodeStep`
 gathers once, per model, what each decoder layer needs (its norms, fused projections, attention
 kernel) and runs a decode pass over a `SlotCache` as one loop: no module calls, no per-layer branches
-on the architecture, no keyword plumbing, no dropout identities, queries/keys/values viewed from the
-fused projection without transposes.
+on the architecture, no keyword plumbing, no dropout identities, a residual stream of rows [B, d]
+(no reshapes around each product), queries/keys/values split from the fused projection as views.
 
 It computes what `Transformer.forward(ids, cache=slot_cache)` computes, with the same operations on
 the same values in the same order, so the logits are bitwise equal in every dtype
@@ -20,7 +20,9 @@ bias or cross-attention, with a gated feed-forward fused into gate/up, or an ung
 GPT-2 families as the inference commands load them. `DecodeStep.build` returns None for anything else
 (say, a LoRA-wrapped or unfused model), and the caller keeps the module path. The plan holds bound
 methods of the model's layers, so it follows in-place weight updates but not swapped layers: build it
-after the model is ready (the engine builds one per engine).
+after the model is ready (the engine builds one per engine). Low-bit layers are called through their
+kernel alone (`rows_function`: no reshapes or dtype checks), whose operands the plan holds: a plan
+outlives no reloading of the weights.
 """
 
 from __future__ import annotations
@@ -54,8 +56,15 @@ def single_row_linear(linear: nn.Linear) -> Layer:
     return forward
 
 
-def _as_function(module: nn.Module) -> Layer:
-    return single_row_linear(module) if type(module) is nn.Linear else module.forward
+def _as_function(module: nn.Module, dtype: torch.dtype) -> Layer:
+    """`module` as a function of rows [n, in] of the activations' dtype: a bf16 nn.Linear through
+    single_row_linear, a low-bit layer through its kernel alone when it offers one (`rows_function`),
+    anything else through its forward."""
+    if type(module) is nn.Linear:
+        return single_row_linear(module)
+    rows_function = getattr(module, "rows_function", None)
+    function = rows_function(dtype) if rows_function is not None else None
+    return function if function is not None else module.forward
 
 
 @dataclass
@@ -77,15 +86,17 @@ class DecodeStep:
     def __init__(self, model: nn.Module) -> None:
         stack = model.decoder
         self.model, self.stack = model, stack
-        self.layers = [_DecoderLayer(
-            block.attn_norm.forward, _as_function(block.attn.qkv_proj), block.attn,
-            _as_function(block.attn.o_proj), block.ffn_norm.forward,
-            _as_function(block.ffn.gate_up) if block.ffn.gate_up is not None else None,
-            _as_function(block.ffn.up) if block.ffn.gate_up is None else None,
-            block.ffn.act.forward, _as_function(block.ffn.down)) for block in stack.layers]
-        head = model.head
-        self.head_scale = head.scale
-        self.head = _as_function(head.proj)
+        dtype = stack.final_norm.weight.dtype  # the activations' (the residual stream's) dtype
+        self.layers = []
+        for block in stack.layers:
+            attn, ffn = block.attn, block.ffn
+            self.layers.append(_DecoderLayer(
+                block.attn_norm.forward, _as_function(attn.qkv_proj, dtype), attn, _as_function(attn.o_proj, dtype),
+                block.ffn_norm.forward, _as_function(ffn.gate_up, dtype) if ffn.gate_up is not None else None,
+                _as_function(ffn.up, dtype) if ffn.gate_up is None else None, ffn.act.forward,
+                _as_function(ffn.down, dtype)))
+        self.head_scale = model.head.scale
+        self.head = _as_function(model.head.proj, dtype)
 
     @classmethod
     def build(cls, model: nn.Module) -> DecodeStep | None:
@@ -115,18 +126,18 @@ class DecodeStep:
         batch = ids.shape[0]
         stack = self.stack
         positions, mask = cache.positions, cache.mask
-        x = stack.embed(self.model.tok_emb(ids), positions, None)
+        x = stack.embed(self.model.tok_emb(ids), positions, None).view(batch, -1)  # [B, d]: one token per row
         rotary = stack.rotary(positions) if stack.rotary is not None else None
         for i, layer in enumerate(self.layers):
             attn = layer.attention
-            n_head, d_head = attn.n_head, attn.d_head
-            n_qk = n_head + attn.n_kv_head
-            heads = layer.qkv(layer.attn_norm(x)).view(batch, -1, 1, d_head)  # [B, heads, 1, d]: T = 1
-            qk = heads[:, :n_qk]
+            n_head, n_kv_head = attn.n_head, attn.n_kv_head
+            heads = layer.qkv(layer.attn_norm(x)).view(batch, -1, 1, attn.d_head)  # [B, heads, T = 1, d_head]
+            qk, v = heads.split([n_head + n_kv_head, n_kv_head], dim=1)
             if rotary is not None:
                 qk = apply_rotary(qk, *rotary)
-            k, v = cache.update(i, qk[:, n_head:], heads[:, n_qk:])
-            x = x + layer.o_proj(attn._attend(qk[:, :n_head], k, v, mask, False))
+            q, k = qk.split([n_head, n_kv_head], dim=1)
+            k, v = cache.update(i, k, v)
+            x = x + layer.o_proj(attn._attend(q, k, v, mask, False).view(batch, -1))
             h = layer.ffn_norm(x)
             if layer.gate_up is not None:
                 gate, up = layer.gate_up(h).chunk(2, dim=-1)
@@ -138,4 +149,4 @@ class DecodeStep:
         x = stack.final_norm(x)
         if self.head_scale != 1.0:
             x = x * self.head_scale
-        return self.head(x)[:, -1]
+        return self.head(x)

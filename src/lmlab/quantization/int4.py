@@ -204,6 +204,15 @@ class Int4Linear(nn.Module):
         """The dequantized matrix, for code that reads `.weight` (computed, not stored)."""
         return self.quantized().dequantize()
 
+    def rows_function(self, dtype: torch.dtype):
+        """The kernel alone, as a function of contiguous rows [n, in_features] of `dtype` (a decode loop's
+        call, lmlab.models.decode_step: the same product as forward, without its reshapes and checks);
+        None if `dtype` is not the kernel's or the layer has a bias."""
+        if dtype != KERNEL_DTYPE or self.bias is not None:
+            return None
+        packed, group_size, scale_offset = self.packed, self.group_size, self.scale_offset
+        return lambda rows: torch.ops.aten._weight_int4pack_mm_for_cpu(rows, packed, group_size, scale_offset)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = kernel_matmul(x, self.packed, self.group_size, self.scale_offset)
         return y + self.bias.to(y.dtype) if self.bias is not None else y

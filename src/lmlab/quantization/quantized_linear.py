@@ -136,6 +136,17 @@ def int8_linear(x: torch.Tensor, weights: Int8Matrix, bias: torch.Tensor | None)
     return y + bias if bias is not None else y
 
 
+def int8_rows_function(weights: Int8Matrix, bias: torch.Tensor | None, dtype: torch.dtype):
+    """The int8 kernel alone, as a function of contiguous rows [n, columns] of `dtype` (a decode loop's call,
+    lmlab.models.decode_step: the same product as int8_linear, without its reshapes and checks); None
+    unless `dtype` is the kernel's and the layer is per channel (or tensor), without zero point or bias."""
+    if (dtype != KERNEL_DTYPE or bias is not None or weights.zero is not None
+            or not has_kernel(weights, torch.empty(0, dtype=dtype, device=weights.qweight.device))):
+        return None
+    qweight, scale, _ = weights.kernel_operands()
+    return lambda rows: torch.ops.aten._weight_int8pack_mm(aligned(rows), qweight, scale)
+
+
 class QuantizedLinear(Int8Matrix):
     """A linear layer y = x Ŵᵀ + b whose weight is int8, dequantized on the fly."""
 
@@ -171,6 +182,9 @@ class QuantizedLinear(Int8Matrix):
             fused.bias = nn.Parameter(torch.cat([layer.bias.detach() for layer in layers]), requires_grad=False)
         return fused
 
+    def rows_function(self, dtype: torch.dtype):
+        return int8_rows_function(self, self.bias, dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return int8_linear(x, self, self.bias)
 
@@ -196,6 +210,9 @@ class QuantizedEmbedding(Int8Matrix):
 
 class TiedQuantizedLinear(TiedHead):
     """The LM head of a tied model: logits = x Êᵀ (+ b) with Ê the int8 embedding table, stored once."""
+
+    def rows_function(self, dtype: torch.dtype):
+        return int8_rows_function(self.embedding, self.bias, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return int8_linear(x, self.embedding, self.bias)
