@@ -1,11 +1,13 @@
 """Every CLI option that fills a dataclass field has that field's default (issue 16: a default is written once).
 
 The test walks each command's parser below and compares every option whose destination is a field of the
-dataclasses the command fills; the options named in RENAMED fill a field of another name.
+dataclasses (or a parameter of the function) the command fills; the options named in RENAMED fill a field of
+another name, those in NEGATED fill the opposite of a flag.
 """
 
 import argparse
 import dataclasses
+import inspect
 
 import pytest
 
@@ -16,21 +18,37 @@ from lmlab.data.pipeline import PrepareSettings
 from lmlab.finetuning.datasets import DataFormat
 from lmlab.finetuning.recipe import FinetuneSettings
 from lmlab.generation.sampling import GenerationConfig
+from lmlab.hub.quantize import quantize_checkpoint
+from lmlab.quantization.schemes import QuantSpec
+from lmlab.scaling.fit import fit_sweep
+from lmlab.scaling.sweep import SweepSettings
+from lmlab.serving import ServerLimits, ServeSettings
+from lmlab.training.fsdp import ParallelConfig
 from lmlab.training.pretrain import PretrainSettings
 from lmlab.training.trainer import TrainConfig
 
-FILLS = {  # command: the dataclasses its options fill
-    "pretrain": (TrainConfig, PretrainSettings),
+FILLS = {  # command: the dataclasses (or the function) its options fill
+    "pretrain": (TrainConfig, PretrainSettings, ParallelConfig),
     "data prepare": (PrepareSettings, QualityRules),
     "generate": (GenerationConfig,),
     "chat": (GenerationConfig,),
     "evaluate": (GenerationConfig,),
     "align": (PPOSettings, FinetuneSettings, DataFormat),  # PPO's and DPO's shared options take PPO's defaults
+    "finetune": (FinetuneSettings, DataFormat, ParallelConfig),
+    "quantize": (quantize_checkpoint, QuantSpec),
+    "serve": (ServeSettings, ServerLimits),
+    "scaling sweep": (SweepSettings,),
+    "scaling fit": (fit_sweep,),
 }
-RENAMED = {"no_progress": "progress", "near_dup_threshold": "near_dedup_threshold", "weights": "method",
-           "val_fraction": "validation_fraction"}  # option dest: field
+RENAMED = {"near_dup_threshold": "near_dedup_threshold", "weights": "method", "val": "validation",
+           "val_fraction": "validation_fraction", "grad_checkpointing": "gradient_checkpointing",
+           "cors_origin": "cors_origins"}  # option dest: field
+NEGATED = {"no_progress": "progress", "skip_embeddings": "include_embeddings", "no_eval": "evaluate"}
 OTHER_MEANING = {"align": {"method"}}  # align's --method is dpo/ppo, not FinetuneSettings.method (that is --weights)
-CONVERTED = {"overrides", "data"}  # --set FIELD=VALUE strings become a dict; no --data is the empty list
+CONVERTED = {"overrides", "data", "budgets"}  # --set FIELD=VALUE strings become a dict; no --data is the empty
+# list; --budgets is parsed from "C,C,..." (None: DEFAULT_BUDGETS)
+LEFT_UNSAID = {"quantize": {"scheme", "granularity", "group_size"}}  # None: the dataclass's default (int8's
+# QuantSpec or int4's Int4Spec), so that int8 options given with --dtype int4 are refused
 
 
 def subparser(path: str) -> argparse.ArgumentParser:
@@ -41,10 +59,14 @@ def subparser(path: str) -> argparse.ArgumentParser:
     return parser
 
 
-def defaults_of(classes: tuple[type, ...]) -> dict[str, object]:
+def defaults_of(owners: tuple[object, ...]) -> dict[str, object]:
     out = {}
-    for cls in reversed(classes):  # the first class named wins a name both have
-        for field in dataclasses.fields(cls):
+    for owner in reversed(owners):  # the first one named wins a name both have
+        if not dataclasses.is_dataclass(owner):
+            out |= {name: p.default for name, p in inspect.signature(owner).parameters.items()
+                    if p.default is not inspect.Parameter.empty}
+            continue
+        for field in dataclasses.fields(owner):
             if field.default is not dataclasses.MISSING:
                 out[field.name] = field.default
             elif field.default_factory is not dataclasses.MISSING:
@@ -57,13 +79,15 @@ def test_cli_defaults_equal_the_dataclass_defaults(command):
     parser, fields = subparser(command), defaults_of(FILLS[command])
     compared, differ = [], {}
     for action in parser._actions:
-        field = RENAMED.get(action.dest, action.dest)
+        field = RENAMED.get(action.dest, NEGATED.get(action.dest, action.dest))
         if field not in fields or action.dest in CONVERTED or action.dest in OTHER_MEANING.get(command, ()):
             continue
         compared.append(field)
-        default = not action.default if action.dest == "no_progress" else action.default
+        default = not action.default if action.dest in NEGATED else action.default
         expected = list(fields[field]) if isinstance(fields[field], tuple) else fields[field]
+        if field in LEFT_UNSAID.get(command, ()):
+            expected = None
         if default != expected:
-            differ[action.option_strings[0]] = (default, expected)
-    assert len(compared) >= 6, compared  # the walk reaches the options (a guard against matching nothing)
+            differ[action.option_strings[0] if action.option_strings else action.dest] = (default, expected)
+    assert len(compared) >= 3, compared  # the walk reaches the options (a guard against matching nothing)
     assert differ == {}, "CLI default vs dataclass default: " + repr(differ)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from lmlab.cli.generate import unescape
-from lmlab.cli.options import Applies, check_applies
+from lmlab.cli.options import Applies, check_applies, field_default
 from lmlab.cli.parallel import add_parallel_options, errors_said_by_rank_zero, parallel_config
 from lmlab.cli.runs import add_logger_argument
 from lmlab.finetuning.datasets import TASKS, DataFormat
@@ -73,6 +73,14 @@ examples:
 """
 
 
+FORMAT = DataFormat()  # the data-format defaults, written once (in the dataclass)
+
+
+def _default(name: str) -> object:
+    """The default of FinetuneSettings' field `name`, written once, in the dataclass."""
+    return field_default(FinetuneSettings, name)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("finetune", help="fine-tune a pre-trained model (full or LoRA) for generation or "
                               "classification", description=DESCRIPTION,
@@ -83,84 +91,89 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data = p.add_argument_group("data")
     data.add_argument("--data", required=True, metavar="FILE", help="training records (.jsonl, .json or .csv)")
     data.add_argument("--val", metavar="FILE", help="validation records (default: hold out --val-fraction of --data)")
-    data.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
-                      help="share of --data held out for validation when there is no --val (default: 0.1)")
-    data.add_argument("--task", choices=[t for t in TASKS if t != "dpo"], default="generation",
+    data.add_argument("--val-fraction", type=float, default=_default("validation_fraction"), metavar="F",
+                      help="share of --data held out for validation when there is no --val (default: %(default)s)")
+    data.add_argument("--task", choices=[t for t in TASKS if t != "dpo"], default=FORMAT.task,
                       help="generation: learn to write the completion; classification, pair-classification, "
                            "token-classification, question-answering: train the head `lmlab run` uses for the task; "
-                           "reward: a reward model from preference pairs (default: generation)")
-    data.add_argument("--prompt-field", default="prompt", metavar="NAME",
-                      help="generation: the field holding the input (default: prompt)")
-    data.add_argument("--completion-field", default="completion", metavar="NAME",
-                      help="generation: the field holding the answer to learn (default: completion)")
+                           "reward: a reward model from preference pairs (default: %(default)s)")
+    data.add_argument("--prompt-field", default=FORMAT.prompt_field, metavar="NAME",
+                      help="generation: the field holding the input (default: %(default)s)")
+    data.add_argument("--completion-field", default=FORMAT.completion_field, metavar="NAME",
+                      help="generation: the field holding the answer to learn (default: %(default)s)")
     data.add_argument("--template", metavar="TEXT",
                       help="generation: how a record becomes the prompt, a format string over its fields, \\n for a "
                            "new line, e.g. 'Dialogue:\\n\\n{dialogue}\\n\\nWhat was going on?\\n' (default: the "
                            "prompt field alone)")
-    data.add_argument("--instruction", default="", metavar="TEXT",
+    data.add_argument("--instruction", default=FORMAT.instruction, metavar="TEXT",
                       help="generation: text put before each prompt (a system turn in chat format)")
-    data.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+    data.add_argument("--chat", action=argparse.BooleanOptionalAction, default=FORMAT.chat,
                       help="generation: write prompts with the model's chat template, as an instruction-tuned "
                            "model was trained (default: when the tokenizer has one)")
-    data.add_argument("--text-field", default="text", metavar="NAME",
-                      help="classification: the field holding the text (default: text)")
-    data.add_argument("--pair-field", default="text_pair", metavar="NAME",
-                      help="pair-classification: the field holding the second text (default: text_pair)")
-    data.add_argument("--label-field", default="label", metavar="NAME",
-                      help="classification: the field holding the label name (default: label)")
-    data.add_argument("--max-length", type=int, default=512, metavar="N",
-                      help="longest sequence in tokens; longer inputs are cut (default: 512)")
+    data.add_argument("--text-field", default=FORMAT.text_field, metavar="NAME",
+                      help="classification: the field holding the text (default: %(default)s)")
+    data.add_argument("--pair-field", default=FORMAT.pair_field, metavar="NAME",
+                      help="pair-classification: the field holding the second text (default: %(default)s)")
+    data.add_argument("--label-field", default=FORMAT.label_field, metavar="NAME",
+                      help="classification: the field holding the label name (default: %(default)s)")
+    data.add_argument("--max-length", type=int, default=FORMAT.max_length, metavar="N",
+                      help="longest sequence in tokens; longer inputs are cut (default: %(default)s)")
     data.add_argument("--packing", action="store_true",
                       help="generation: join short examples into rows of up to --max-length tokens, so batches "
                            "hold less padding")
     method = p.add_argument_group("method")
-    method.add_argument("--method", choices=METHODS, default="lora",
-                        help="full: train every weight; lora: train low-rank adapters only (default: lora)")
-    method.add_argument("--lora-rank", type=int, default=8, metavar="R",
-                        help="rank r of each adapter B·A: r·(d_in + d_out) parameters per matrix (default: 8)")
-    method.add_argument("--lora-alpha", type=float, default=16.0, metavar="A",
-                        help="scale of the update, which is multiplied by alpha/r (default: 16)")
-    method.add_argument("--lora-dropout", type=float, default=0.05, metavar="P",
-                        help="dropout on the adapter's input during training (default: 0.05)")
-    method.add_argument("--lora-targets", default="q,v", metavar="NAMES",
+    method.add_argument("--method", choices=METHODS, default=_default("method"),
+                        help="full: train every weight; lora: train low-rank adapters only (default: %(default)s)")
+    method.add_argument("--lora-rank", type=int, default=_default("lora_rank"), metavar="R",
+                        help="rank r of each adapter B·A: r·(d_in + d_out) parameters per matrix "
+                             "(default: %(default)s)")
+    method.add_argument("--lora-alpha", type=float, default=_default("lora_alpha"), metavar="A",
+                        help="scale of the update, which is multiplied by alpha/r (default: %(default)s)")
+    method.add_argument("--lora-dropout", type=float, default=_default("lora_dropout"), metavar="P",
+                        help="dropout on the adapter's input during training (default: %(default)s)")
+    method.add_argument("--lora-targets", default=_default("lora_targets"), metavar="NAMES",
                         help="which linear layers get adapters: q,k,v,o (attention projections), up,gate,down "
                              "(feed-forward), full names such as attn.q_proj or head.proj, or all-linear "
-                             "(default: q,v, as in the LoRA paper)")
+                             "(default: %(default)s, as in the LoRA paper)")
     optim = p.add_argument_group("training")
     length = optim.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=float, metavar="E",
-                        help="passes over the training data (default: 3 unless --steps is given)")
-    length.add_argument("--steps", type=int, metavar="N", help="optimizer steps, instead of --epochs")
-    optim.add_argument("--lr", type=float, metavar="LR",
+    length.add_argument("--epochs", type=float, default=_default("epochs"), metavar="E",
+                        help="passes over the training data (default: %(default)s unless --steps is given)")
+    length.add_argument("--steps", type=int, default=_default("steps"), metavar="N",
+                        help="optimizer steps, instead of --epochs")
+    optim.add_argument("--lr", type=float, default=_default("lr"), metavar="LR",
                        help="peak learning rate, after a 5%% warmup, then cosine decay to lr/10 (default: "
                             + ", ".join(f"{v:g} for {k}" for k, v in DEFAULT_LR.items()) + ")")
-    optim.add_argument("--batch-size", type=int, default=8, metavar="B",
-                       help="examples per optimizer step (default: 8)")
-    optim.add_argument("--grad-accum", type=int, default=1, metavar="N",
-                       help="micro-batches per step: gradients add up over them, so a batch fits in less memory")
-    optim.add_argument("--weight-decay", type=float, default=0.0, metavar="W",
-                       help="AdamW decoupled weight decay on matrices (default: 0)")
-    optim.add_argument("--dtype", choices=list(DTYPES), default="fp32",
+    optim.add_argument("--batch-size", type=int, default=_default("batch_size"), metavar="B",
+                       help="examples per optimizer step (default: %(default)s)")
+    optim.add_argument("--grad-accum", type=int, default=_default("grad_accum"), metavar="N",
+                       help="micro-batches per step: gradients add up over them, so a batch fits in less memory "
+                            "(default: %(default)s)")
+    optim.add_argument("--weight-decay", type=float, default=_default("weight_decay"), metavar="W",
+                       help="AdamW decoupled weight decay on matrices (default: %(default)s)")
+    optim.add_argument("--dtype", choices=list(DTYPES), default=_default("dtype"),
                        help="fp32, or bf16 autocast: matrix multiplies in bfloat16, weights and AdamW in fp32")
     optim.add_argument("--grad-checkpointing", action="store_true",
                        help="keep only each block's input in the forward pass and recompute the rest in the "
                             "backward pass: less activation memory for about a third more compute")
-    optim.add_argument("--seed", type=int, default=0, help="seed of the split, data order, new weights, dropout")
-    optim.add_argument("--skip-nonfinite", type=int, default=0, metavar="N",
+    optim.add_argument("--seed", type=int, default=_default("seed"),
+                       help="seed of the split, data order, new weights, dropout (default: %(default)s)")
+    optim.add_argument("--skip-nonfinite", type=int, default=_default("skip_nonfinite"), metavar="N",
                        help="skip up to N steps whose loss or gradient norm is NaN or infinite (no update); beyond "
                             "N, or with the default 0, a non-finite step stops the run with an error")
     evaluation = p.add_argument_group("evaluation")
-    evaluation.add_argument("--eval-metric", choices=list(METRICS), default="loss",
+    evaluation.add_argument("--eval-metric", choices=list(METRICS), default=_default("eval_metric"),
                             help="what evaluations watch: loss (validation loss), rouge (ROUGE-1 of greedy answers; "
-                                 "generation), accuracy or f1 (macro-averaged; classification) (default: loss)")
-    evaluation.add_argument("--eval-every", type=int, metavar="N", help="steps between evaluations (default: "
-                            "one epoch)")
-    evaluation.add_argument("--eval-samples", type=int, default=50, metavar="N",
-                            help="validation examples scored with --eval-metric (the loss uses all; default: 50)")
-    evaluation.add_argument("--early-stopping", type=int, metavar="N",
+                                 "generation), accuracy or f1 (macro-averaged; classification) (default: %(default)s)")
+    evaluation.add_argument("--eval-every", type=int, default=_default("eval_every"), metavar="N",
+                            help="steps between evaluations (default: one epoch)")
+    evaluation.add_argument("--eval-samples", type=int, default=_default("eval_samples"), metavar="N",
+                            help="validation examples scored with --eval-metric (the loss uses all; "
+                                 "default: %(default)s)")
+    evaluation.add_argument("--early-stopping", type=int, default=_default("early_stopping"), metavar="N",
                             help="stop after N evaluations without a better --eval-metric, keeping the best weights")
-    evaluation.add_argument("--max-new-tokens", type=int, default=64, metavar="N",
-                            help="longest generated answer when scoring with rouge (default: 64)")
+    evaluation.add_argument("--max-new-tokens", type=int, default=_default("max_new_tokens"), metavar="N",
+                            help="longest generated answer when scoring with rouge (default: %(default)s)")
     out = p.add_argument_group("output")
     out.add_argument("--out", required=True, metavar="DIR",
                      help="output folder (must be new or empty, unless --resume)")
@@ -202,7 +215,7 @@ def settings_from(args: argparse.Namespace) -> FinetuneSettings:
         model=args.model, data=args.data, out=args.out, validation=args.val, validation_fraction=args.val_fraction,
         format=fmt, method=args.method, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout, lora_targets=args.lora_targets,
-        epochs=3.0 if args.epochs is None else args.epochs, steps=args.steps, lr=args.lr,
+        epochs=args.epochs, steps=args.steps, lr=args.lr,
         batch_size=args.batch_size, grad_accum=args.grad_accum, weight_decay=args.weight_decay, dtype=args.dtype,
         gradient_checkpointing=args.grad_checkpointing, packing=args.packing, eval_metric=args.eval_metric,
         eval_every=args.eval_every, eval_samples=args.eval_samples, early_stopping=args.early_stopping,

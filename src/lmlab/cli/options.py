@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,10 +34,13 @@ class Applies:
         return self.name or self.option.lstrip("-").replace("-", "_")
 
 
-def field_default(cls: type, name: str) -> Any:
-    """The default of dataclass `cls`'s field `name`: a CLI option that fills the field takes its default from
-    here, so the default is written once, with the field (tests/test_cli_defaults.py walks the parsers)."""
-    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+def field_default(owner: type | Callable[..., Any], name: str) -> Any:
+    """The default of dataclass `owner`'s field `name` (or of function `owner`'s parameter `name`): a CLI option
+    that fills the field takes its default from here, so the default is written once, with the field
+    (tests/test_cli_defaults.py walks the parsers)."""
+    if not dataclasses.is_dataclass(owner):
+        return inspect.signature(owner).parameters[name].default
+    field = next(f for f in dataclasses.fields(owner) if f.name == name)
     if field.default_factory is not dataclasses.MISSING:
         return field.default_factory()
     return field.default

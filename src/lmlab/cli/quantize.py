@@ -8,13 +8,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lmlab.cli.options import Applies, check_applies
+from lmlab.cli.options import Applies, check_applies, field_default
 from lmlab.errors import LmlabError
 from lmlab.hub.resolve import DEFAULT_MODEL
 from lmlab.planning.units import format_bytes
 from lmlab.hub.quantized_checkpoint import DTYPES
 from lmlab.quantization.int4 import DEFAULT_GROUP_SIZE, GROUP_SIZES, Int4Spec
-from lmlab.hub.quantize import DEFAULT_EVAL_TOKENS, QuantizeResult, quantize_checkpoint
+from lmlab.hub.quantize import QuantizeResult, quantize_checkpoint
 from lmlab.quantization.schemes import GRANULARITIES, SCHEMES, QuantSpec
 
 EXAMPLES = """\
@@ -27,7 +27,7 @@ examples:
   lmlab quantize --out smollm2-int8 --eval-text my_text.txt --eval-tokens 2048
 """
 
-INT8_DEFAULTS = QuantSpec()
+INT8_DEFAULTS = QuantSpec()  # what --scheme, --granularity and --group-size leave unsaid (None) become for int8
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,19 +51,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, metavar="DIR",
                         help="the folder to write (refused if it exists and is not empty, unless --overwrite)")
     parser.add_argument("--overwrite", action="store_true", help="replace the --out folder if it exists")
-    parser.add_argument("--dtype", default="int8", metavar="|".join(DTYPES),
+    parser.add_argument("--dtype", default=field_default(quantize_checkpoint, "dtype"), metavar="|".join(DTYPES),
                         help="fp16: 5 exponent and 10 fraction bits, range ±65,504; bf16: fp32's 8 exponent bits "
                              "and 7 fraction bits; int8: integers -128..127 with scales; int4: integers 0..15 with "
-                             "a scale and an offset per group (default int8)")
+                             "a scale and an offset per group (default %(default)s)")
     group = parser.add_argument_group("int8 and int4 options")
     group.add_argument("--scheme", metavar="|".join(SCHEMES),
                        help="absmax (symmetric): scale = max|w| / 127, q = round(w / scale), zero stays 0; "
                             "zeropoint (asymmetric, affine): scale = (max - min) / 255 and an integer zero point "
-                            "so the 256 codes span [min, max] (default absmax)")
+                            f"so the 256 codes span [min, max] (default {INT8_DEFAULTS.scheme})")
     group.add_argument("--granularity", metavar="|".join(GRANULARITIES),
                        help="which weights share a scale: tensor (one per matrix), channel (one per output row) "
                             "or group (one per --group-size consecutive inputs of a row); finer costs a little "
-                            "more storage and keeps outliers from coarsening their neighbours (default channel)")
+                            "more storage and keeps outliers from coarsening their neighbours "
+                            f"(default {INT8_DEFAULTS.granularity})")
     group.add_argument("--group-size", type=int, metavar="G",
                        help=f"columns per group: for int8 with --granularity group (default "
                             f"{INT8_DEFAULTS.group_size}); for int4 one of {', '.join(map(str, GROUP_SIZES))} "
@@ -73,8 +74,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluation = parser.add_argument_group("perplexity")
     evaluation.add_argument("--eval-text", type=Path, metavar="FILE",
                             help="a UTF-8 text file to measure perplexity on (default: lmlab's shipped dialogues)")
-    evaluation.add_argument("--eval-tokens", type=int, default=DEFAULT_EVAL_TOKENS, metavar="N",
-                            help=f"score the first N tokens of the text (default {DEFAULT_EVAL_TOKENS})")
+    evaluation.add_argument("--eval-tokens", type=int, default=field_default(quantize_checkpoint, "eval_tokens"),
+                            metavar="N", help="score the first N tokens of the text (default %(default)s)")
     evaluation.add_argument("--no-eval", action="store_true",
                             help="skip the perplexity measurement (needed for models that are not causal LMs)")
     parser.set_defaults(func=check_applies(parser, RULES, run_quantize))

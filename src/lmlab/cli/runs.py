@@ -6,15 +6,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lmlab.cli.options import field_default
 from lmlab.training.loggers import LOGGERS
 from lmlab.training.runs import find_runs, plot_runs, runs_table
+from lmlab.training.trainer import TrainConfig
 
 
 def add_logger_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--logger", choices=LOGGERS, default="jsonl",
+    parser.add_argument("--logger", choices=LOGGERS, default=field_default(TrainConfig, "logger"),
                         help="where the step metrics also go: jsonl (metrics.jsonl only, always written), csv "
                              "(metrics.csv), tensorboard (event files in OUT/tensorboard; view with "
-                             "`tensorboard --logdir OUT/tensorboard`) (default jsonl)")
+                             "`tensorboard --logdir OUT/tensorboard`) (default %(default)s)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lmlab.cli.options import field_default
 from lmlab.planning.units import scientific
-from lmlab.scaling.fit import DELTA, fit_sweep, format_report, plot_fit
+from lmlab.scaling.fit import fit_sweep, format_report, plot_fit
 from lmlab.scaling.sweep import DEFAULT_BUDGETS, DEFAULT_SHAPES, SweepSettings, parse_budgets, parse_shapes, run_sweep
 
 RAW = argparse.RawDescriptionHelpFormatter
@@ -139,13 +140,14 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fit", help="fit L(N, D) = E + A/N^alpha + B/D^beta to a sweep (Chinchilla approach 3)",
                        description=FIT_DESCRIPTION, formatter_class=RAW)
     p.add_argument("sweep", metavar="DIR", help="a folder made by `lmlab scaling sweep`")
-    p.add_argument("--holdout", default="largest",
+    p.add_argument("--holdout", default=field_default(fit_sweep, "holdout"),
                    help="runs left out of the fit and predicted: 'largest' (the largest budget), 'every:K' "
-                        "(every K-th run), or 'none' (default: largest)")
-    p.add_argument("--predict-budget", type=float, default=1e15, metavar="C",
-                   help="a larger compute budget in FLOPs to predict the compute-optimal N and D for (default: 1e15)")
-    p.add_argument("--delta", type=float, default=DELTA,
-                   help=f"Huber loss threshold on log-loss residuals (default: {DELTA:g}, as Hoffmann et al.)")
+                        "(every K-th run), or 'none' (default: %(default)s)")
+    p.add_argument("--predict-budget", type=float, default=field_default(fit_sweep, "predict_budget"), metavar="C",
+                   help="a larger compute budget in FLOPs to predict the compute-optimal N and D for "
+                        "(default: %(default)g)")
+    p.add_argument("--delta", type=float, default=field_default(fit_sweep, "delta"),
+                   help="Huber loss threshold on log-loss residuals (default: %(default)g, as Hoffmann et al.)")
     p.add_argument("--plot", metavar="PNG", help="draw the IsoFLOP profiles and the optimal-size frontier here")
     p.set_defaults(func=_run_fit)
 

@@ -20,6 +20,9 @@ examples:
        -d '{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Hi!"}]}'
 """
 
+SETTINGS = ServeSettings()  # the server's defaults, written once (in the dataclasses)
+LIMITS = ServerLimits()
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -36,33 +39,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     add_model_arguments(parser)
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the "
+    parser.add_argument("--host", default=SETTINGS.host,
+                        help="address to listen on (default %(default)s: this machine only; 0.0.0.0 opens it to the "
                              "network, so give it an --api-key)")
-    parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    parser.add_argument("--port", type=int, default=SETTINGS.port, help="TCP port (default %(default)s)")
     key = parser.add_mutually_exclusive_group()
     key.add_argument("--api-key", metavar="KEY",
                      help="require 'Authorization: Bearer KEY' on every endpoint (the playground page asks for it)")
     key.add_argument("--api-key-file", type=Path, metavar="FILE",
                      help="read the API key from FILE (keeps it out of the process list and shell history)")
-    parser.add_argument("--slots", type=int, default=8, metavar="N",
-                        help="requests decoded together, each with its own KV-cache slot (default 8)")
-    parser.add_argument("--max-queue", type=int, default=256, metavar="N",
-                        help="requests that may wait for a slot; past that, 429 with Retry-After (default 256)")
-    parser.add_argument("--max-model-len", type=int, metavar="N",
+    parser.add_argument("--slots", type=int, default=LIMITS.slots, metavar="N",
+                        help="requests decoded together, each with its own KV-cache slot (default %(default)s)")
+    parser.add_argument("--max-queue", type=int, default=LIMITS.max_queue, metavar="N",
+                        help="requests that may wait for a slot; past that, 429 with Retry-After (default %(default)s)")
+    parser.add_argument("--max-model-len", type=int, default=SETTINGS.max_model_len, metavar="N",
                         help="tokens of prompt and answer per request, the length of each KV-cache slot "
                              "(default: the model's context window, at most 2048)")
-    parser.add_argument("--max-body-bytes", type=int, default=1_000_000, metavar="N",
-                        help="largest request body accepted; larger ones get 413 (default 1000000)")
-    parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+    parser.add_argument("--max-body-bytes", type=int, default=LIMITS.max_body_bytes, metavar="N",
+                        help="largest request body accepted; larger ones get 413 (default %(default)s)")
+    parser.add_argument("--cors-origin", action="append", default=list(LIMITS.cors_origins), metavar="ORIGIN",
                         help="let web pages from ORIGIN (e.g. http://localhost:3000) call the API from a browser; "
                              "repeatable (default: none, CORS closed)")
-    parser.add_argument("--embedding-model", metavar="MODEL",
+    parser.add_argument("--embedding-model", default=SETTINGS.embedding_model, metavar="MODEL",
                         help="an encoder for POST /v1/embeddings, mean-pooled and normalized like "
                              "sentence-transformers (e.g. minilm-l6)")
-    parser.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="S",
+    parser.add_argument("--shutdown-timeout", type=float, default=LIMITS.shutdown_timeout, metavar="S",
                         help="on SIGTERM, wait up to S seconds for the requests in flight before cancelling them "
-                             "(default 30)")
+                             "(default %(default)s)")
     parser.set_defaults(func=run_serve)
 
 
