@@ -60,6 +60,7 @@ def tensor_peak(model_name: str, train: Path, method: str, batch_size: int, max_
     import torch
 
     from lmlab.finetuning.datasets import Collator, DataFormat, load_data
+    from lmlab.generation.incremental import padding_id
     from lmlab.hub.resolve import load_model
     from lmlab.models.lora import apply_lora
     from lmlab.planning.measure import saved_tensor_bytes
@@ -76,8 +77,7 @@ def tensor_peak(model_name: str, train: Path, method: str, batch_size: int, max_
         model.requires_grad_(True)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-6)
-    pad_id = next(i for i in (tokenizer.pad_id, model.config.pad_token_id, model.config.eos_token_id, 0)
-                  if i is not None)
+    pad_id = padding_id(model, tokenizer)
     batch = Collator("generation", pad_id)(sorted(data.train, key=lambda e: -len(e.tokens))[:batch_size])
     peak = 0
     for _ in range(2):  # the first step creates the AdamW moments

@@ -42,6 +42,7 @@ from lmlab.finetuning.evaluate import HEADLINE, Scores, check_metric, higher_is_
 from lmlab.finetuning.prepare import MemoryPlan, enable_gradient_checkpointing, plan_memory
 from lmlab.hub.checkpoint import save_checkpoint
 from lmlab.hub.model_card import CardFacts, EvalResult, run_card_facts, write_model_card
+from lmlab.generation.incremental import padding_id
 from lmlab.hub.resolve import load_model
 from lmlab.io import remove_folder, write_json
 from lmlab.planning.limits import check_fits
@@ -286,8 +287,7 @@ def finetune(s: FinetuneSettings, env: DistEnv | None = None) -> FinetuneResult:
     if s.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     micro_batch = s.batch_size // (env.world_size * s.grad_accum) or 1
-    pad_id = next(i for i in (tokenizer.pad_id, model.config.pad_token_id, model.config.eos_token_id, 0)
-                  if i is not None)
+    pad_id = padding_id(model, tokenizer)
     preference = data.task in PREFERENCE_TASKS
     if preference:  # a pair is two sequences: the chosen and the rejected answer
         collator = PairCollator(pad_id, scored="last" if data.task == "reward" else "completion")

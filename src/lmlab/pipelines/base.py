@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lmlab.errors import LmlabError
+from lmlab.generation.incremental import padding_id
 from lmlab.hub.resolve import LoadedModel
 
 PROGRESS_FROM = 32  # inputs; shorter lists run without a progress bar
@@ -70,9 +71,8 @@ def check_text(text: Any, what: str = "input") -> str:
 
 
 def pad_id(loaded: LoadedModel) -> int:
-    tokenizer, config = loaded.tokenizer, loaded.model.config
-    return next(i for i in (getattr(tokenizer, "pad_id", None), config.pad_token_id, config.eos_token_id, 0)
-                if i is not None)
+    """The token that fills padding (lmlab.generation.incremental.padding_id: one rule for every stage)."""
+    return padding_id(loaded.model, loaded.tokenizer)
 
 
 @contextmanager

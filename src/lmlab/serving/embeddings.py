@@ -13,6 +13,7 @@ import threading
 import torch
 
 from lmlab.errors import LmlabError
+from lmlab.generation.incremental import padding_id
 from lmlab.hub.resolve import LoadedModel
 from lmlab.models.pooling import mean_pool, normalize
 
@@ -42,7 +43,7 @@ class SentenceEncoder:
     @torch.inference_mode()
     def encode(self, rows: list[list[int]]) -> torch.Tensor:
         """[N, d] unit vectors, one per row of token ids."""
-        pad = self.tokenizer.pad_id or 0
+        pad = padding_id(self.model, self.tokenizer)
         out = []
         with self._lock:
             for start in range(0, len(rows), BATCH_SIZE):
