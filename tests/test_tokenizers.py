@@ -10,19 +10,21 @@ import os
 import random
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import gguf
 import pytest
 
 from lmlab.cli.main import main
 from lmlab.errors import LmlabError
+from lmlab.gguf_file import open_gguf
 from lmlab.tokenizers import (
     CharTokenizer,
     Tokenizer,
+    TokenizerProtocol,
     describe,
     explain,
     load_tokenizer,
-    open_gguf,
     tokenizer_from_gguf,
     train_bpe,
 )
@@ -268,6 +270,18 @@ def test_char_tokenizer_is_nanogpts_sorted_character_vocabulary(tmp_path):
         tok.encode("Zebra!")
     with pytest.raises(LmlabError, match="no chat template"):
         tok.apply_chat_template(CONVERSATIONS[0])
+
+
+def test_every_tokenizer_implements_the_protocol(smollm, minilm_folder):
+    """What the rest of lmlab is typed against: each kind of tokenizer has all of TokenizerProtocol's members,
+    and a class lacking one (here: no chat template) is not taken for a tokenizer."""
+    for tok in (smollm, load_tokenizer(minilm_folder), CharTokenizer.from_text("abc")):
+        assert isinstance(tok, TokenizerProtocol), type(tok).__name__
+    char = CharTokenizer.from_text("abc")
+    copy = SimpleNamespace(**{name: getattr(char, name) for name in dir(char) if not name.startswith("_")})
+    assert isinstance(copy, TokenizerProtocol)
+    del copy.apply_chat_template
+    assert not isinstance(copy, TokenizerProtocol)
 
 
 # --- Chat templates ---------------------------------------------------------------------------

@@ -19,3 +19,8 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """Return ' (did you mean: a, b?)' for the choices closest to `name`, or ''."""
     close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
     return f" (did you mean: {', '.join(close)}?)" if close else ""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none), for a one-line LmlabError."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]

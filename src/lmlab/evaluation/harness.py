@@ -32,6 +32,7 @@ from lmlab.generation.engine import Engine, EngineRequest
 from lmlab.generation.chat import chat_ids
 from lmlab.models import Transformer
 from lmlab.prompting import Prompt, PromptResult, PromptTemplate, Record, build_prompt
+from lmlab.tokenizers.base import TokenizerProtocol
 
 TEXT_METRICS = ("rouge", "bleu")
 LABEL_METRICS = ("accuracy", "f1")
@@ -43,11 +44,11 @@ class PromptedModel:
     """A language model and its tokenizer, prompted with plain text or with chat messages."""
 
     model: Transformer
-    tokenizer: Any
+    tokenizer: TokenizerProtocol
     chat: bool
 
     @classmethod
-    def create(cls, model: Transformer, tokenizer: Any, chat: bool | None = None) -> PromptedModel:
+    def create(cls, model: Transformer, tokenizer: TokenizerProtocol, chat: bool | None = None) -> PromptedModel:
         """`chat=None` uses the chat template when the tokenizer has one."""
         if model.config.head != "lm" or not model.config.has_decoder:
             raise LmlabError(f"this model cannot write text: it is an {model.config.arch} with the "
@@ -167,7 +168,7 @@ def score(metrics: Sequence[str], predictions: Sequence[Any], references: Sequen
     return Scores(values, len(predictions))
 
 
-def text_perplexity(model: Transformer, tokenizer: Any, text: str, max_length: int | None = None,
+def text_perplexity(model: Transformer, tokenizer: TokenizerProtocol, text: str, max_length: int | None = None,
                     stride: int | None = None, batch_size: int = 1, progress: bool = True) -> PerplexityResult:
     """Perplexity of a causal model on `text`, in windows of `max_length` tokens (default: the context
     window, at most 1024) every `stride` tokens (default: half a window)."""

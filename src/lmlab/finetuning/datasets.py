@@ -45,6 +45,7 @@ from lmlab.prompting import PromptTemplate, build_prompt, template_fields
 from lmlab.records import read_records
 from lmlab.finetuning.task_data import (answer_span, encode_pair, is_squad, read_conll, read_label_lines, read_squad,
                                         word_tags)
+from lmlab.tokenizers.base import TokenizerProtocol
 
 TASKS = ("generation", "classification", "pair-classification", "token-classification", "question-answering",
          "reward", "dpo")
@@ -216,7 +217,7 @@ class _Encoder:
     """Token counting and encoding the way lmlab prompts a model: plain text with the tokenizer's special
     tokens, or chat messages through the chat template (which writes its own special tokens)."""
 
-    def __init__(self, tokenizer: Any, chat: bool | None, eos_id: int | None):
+    def __init__(self, tokenizer: TokenizerProtocol, chat: bool | None, eos_id: int | None):
         has_template = getattr(tokenizer, "chat_template", None) is not None
         if chat and not has_template:
             raise LmlabError("this model's tokenizer has no chat template; fine-tune on plain-text prompts "
@@ -354,7 +355,7 @@ def label_names(records: _Records, fmt: DataFormat) -> list[str]:
     return sorted(names)
 
 
-def _classification(records: _Records, fmt: DataFormat, tokenizer: Any,
+def _classification(records: _Records, fmt: DataFormat, tokenizer: TokenizerProtocol,
                     labels: list[str]) -> tuple[list[Example], int]:
     ids = {name: i for i, name in enumerate(labels)}
     sep = getattr(tokenizer, "sep_id", None)
@@ -381,7 +382,8 @@ def _classification(records: _Records, fmt: DataFormat, tokenizer: Any,
     return examples, truncated
 
 
-def _tagged(records: _Records, fmt: DataFormat, tokenizer: Any, labels: list[str]) -> tuple[list[Example], int]:
+def _tagged(records: _Records, fmt: DataFormat, tokenizer: TokenizerProtocol,
+            labels: list[str]) -> tuple[list[Example], int]:
     ids = {name: i for i, name in enumerate(labels)}
     examples, truncated = [], 0
     for i, record in enumerate(records.records):
@@ -400,7 +402,7 @@ def _tagged(records: _Records, fmt: DataFormat, tokenizer: Any, labels: list[str
     return examples, truncated
 
 
-def _questions(records: _Records, fmt: DataFormat, tokenizer: Any) -> tuple[list[Example], int]:
+def _questions(records: _Records, fmt: DataFormat, tokenizer: TokenizerProtocol) -> tuple[list[Example], int]:
     examples, truncated = [], 0
     for i, record in enumerate(records.records):
         where = records.where(i)
@@ -439,7 +441,7 @@ def pack(examples: Sequence[Example], max_length: int) -> list[Example]:
 def load_data(
     train: str | Path,
     fmt: DataFormat,
-    tokenizer: Any,
+    tokenizer: TokenizerProtocol,
     validation: str | Path | None = None,
     validation_fraction: float = 0.1,
     seed: int = 0,

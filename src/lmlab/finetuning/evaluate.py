@@ -28,6 +28,7 @@ from lmlab.evaluation.harness import PromptedModel
 from lmlab.evaluation.metrics import accuracy, f1, rouge
 from lmlab.finetuning.datasets import Collator, Example
 from lmlab.generation import GenerationConfig
+from lmlab.tokenizers.base import TokenizerProtocol
 from lmlab.training.objectives import count_targets, loss_sum
 
 METRICS = {"loss": ("generation", "classification", "pair-classification", "token-classification", "question-answering",
@@ -96,8 +97,8 @@ def predict_labels(model: nn.Module, examples: Sequence[Example], collator: Coll
     return predictions
 
 
-def generate_answers(model: nn.Module, tokenizer, examples: Sequence[Example], max_new_tokens: int = 64,
-                     batch_size: int = 8) -> list[str]:
+def generate_answers(model: nn.Module, tokenizer: TokenizerProtocol, examples: Sequence[Example],
+                     max_new_tokens: int = 64, batch_size: int = 8) -> list[str]:
     """Greedy answers to each example's prompt (its first prompt_length tokens)."""
     was_training = model.training
     model.eval()
@@ -119,7 +120,7 @@ class Scores:
         return ", ".join(f"{name} {value:.4f}" for name, value in self.values.items())
 
 
-def score(model: nn.Module, tokenizer, examples: Sequence[Example], collator: Collator, task: str,
+def score(model: nn.Module, tokenizer: TokenizerProtocol, examples: Sequence[Example], collator: Collator, task: str,
           metric: str, sample: int | None = None, batch_size: int = 8, max_new_tokens: int = 64,
           dtype: str = "fp32", with_loss: bool = True, beta: float = 0.1) -> Scores:
     """Validation loss on every example (unless `with_loss` is false), and `metric` (besides loss) on the

@@ -50,6 +50,7 @@ from lmlab.planning.measure import PeakMemory
 from lmlab.planning.units import format_bytes
 from lmlab.models.heads import attach_head
 from lmlab.models.lora import apply_lora, count_parameters, merge_lora, save_adapter
+from lmlab.tokenizers.base import TokenizerProtocol
 from lmlab.training.distributed import DistEnv, run_on_main
 from lmlab.training.fsdp import ParallelConfig
 from lmlab.training.objectives import Objective
@@ -173,7 +174,7 @@ class EarlyStopping:
     """Score the model at each evaluation, remember the best, and stop after `patience` evaluations without
     improvement. With a patience, the best weights (the trainable tensors) are kept to restore at the end."""
 
-    def __init__(self, settings: FinetuneSettings, data: FinetuneData, collator: Collator, tokenizer: Any,
+    def __init__(self, settings: FinetuneSettings, data: FinetuneData, collator: Collator, tokenizer: TokenizerProtocol,
                  say) -> None:
         self.settings, self.data, self.collator, self.tokenizer, self.say = settings, data, collator, tokenizer, say
         self.metric = HEADLINE[settings.eval_metric]

@@ -26,6 +26,7 @@ from typing import Any
 
 from lmlab.data.collators import IGNORE_INDEX
 from lmlab.errors import LmlabError
+from lmlab.tokenizers.base import TokenizerProtocol
 
 QUESTION_FIELDS = ("question", "context", "answer_text", "answer_start")
 
@@ -107,7 +108,7 @@ def read_squad(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     return records, places
 
 
-def backend_of(tokenizer: Any) -> Any:
+def backend_of(tokenizer: TokenizerProtocol) -> Any:
     backend = getattr(tokenizer, "backend", None)
     if backend is None:
         raise LmlabError("this task needs a sub-word tokenizer with offsets (a tokenizer.json), not a character "
@@ -115,7 +116,7 @@ def backend_of(tokenizer: Any) -> Any:
     return backend
 
 
-def encode_pair(tokenizer: Any, first: str, second: str, max_length: int) -> tuple[Any, bool]:
+def encode_pair(tokenizer: TokenizerProtocol, first: str, second: str, max_length: int) -> tuple[Any, bool]:
     """The encoding of a text pair cut to max_length (from the second text), and whether it was cut."""
     backend = backend_of(tokenizer)
     whole = backend.encode(first, second, add_special_tokens=True)
@@ -128,7 +129,8 @@ def encode_pair(tokenizer: Any, first: str, second: str, max_length: int) -> tup
         backend.no_truncation()
 
 
-def word_tags(tokenizer: Any, words: list[str], tags: list[int], max_length: int) -> tuple[list[int], list[int], bool]:
+def word_tags(tokenizer: TokenizerProtocol, words: list[str], tags: list[int],
+              max_length: int) -> tuple[list[int], list[int], bool]:
     """(token ids, a tag per token: the word's on its first token, -100 elsewhere, whether the sentence was cut)."""
     encoding = backend_of(tokenizer).encode(words, is_pretokenized=True, add_special_tokens=True)
     labels, previous = [], None

@@ -28,13 +28,14 @@ from lmlab.generation.incremental import (Prompts, check_generative, end_of_sequ
                                           padding_id, prompt_ids, room_for_new_tokens)
 from lmlab.generation.sampling import GenerationConfig, apply_repetition_penalty
 from lmlab.models import Transformer
+from lmlab.tokenizers.base import TokenizerProtocol
 
 
 def beam_search(
     model: Transformer,
     prompts: Prompts,
     config: GenerationConfig,
-    tokenizer=None,
+    tokenizer: TokenizerProtocol | None = None,
     attention_mask: torch.Tensor | None = None,
 ) -> list[tuple[list[int], list[int]]]:
     """Return (prompt tokens, best hypothesis's new tokens) per prompt; the new tokens end with the

@@ -18,9 +18,10 @@ from lmlab.errors import LmlabError
 from lmlab.generation.decode import stream
 from lmlab.generation.sampling import GenerationConfig
 from lmlab.models import Transformer
+from lmlab.tokenizers.base import TokenizerProtocol
 
 
-def chat_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+def chat_ids(tokenizer: TokenizerProtocol, messages: list[dict[str, str]]) -> list[int]:
     """The token ids of a conversation in the model's chat template, ending with the assistant's header.
 
     The template writes every special token itself (a BOS included), so the text is encoded without
@@ -41,7 +42,7 @@ class Chat:
     """A conversation with a model: `add_user` then `respond` (streamed), turn after turn."""
 
     model: Transformer
-    tokenizer: object
+    tokenizer: TokenizerProtocol
     config: GenerationConfig = field(default_factory=GenerationConfig)
     system: str | None = None
     turns: list[dict[str, str]] = field(default_factory=list)

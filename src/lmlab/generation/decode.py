@@ -27,6 +27,7 @@ from lmlab.generation.incremental import (CausalDecoder, EncoderDecoder, Prompts
 from lmlab.generation.sampling import GenerationConfig, next_token
 from lmlab.generation.text import Completion, IncrementalText, first_stop
 from lmlab.models import Transformer
+from lmlab.tokenizers.base import TokenizerProtocol
 
 
 @dataclass
@@ -48,7 +49,7 @@ def generate(
     model: Transformer,
     prompts: Prompts,
     config: GenerationConfig | None = None,
-    tokenizer=None,
+    tokenizer: TokenizerProtocol | None = None,
     attention_mask: torch.Tensor | None = None,
 ) -> list[Completion]:
     """Continue each prompt (text with a tokenizer, token ids, or a [B, T] tensor with its mask).
@@ -82,7 +83,7 @@ def _beam_completion(prompt: list[int], tokens: list[int], model: Transformer, c
 
 
 def stream(model: Transformer, prompt: str | Sequence[int], config: GenerationConfig | None = None,
-           tokenizer=None) -> Iterator[str]:
+           tokenizer: TokenizerProtocol | None = None) -> Iterator[str]:
     """Yield the text of one prompt's continuation piece by piece, as the tokens are produced."""
     for delta in stream_generate(model, [prompt], config, tokenizer):
         if delta.text:
@@ -93,7 +94,7 @@ def stream_generate(
     model: Transformer,
     prompts: Prompts,
     config: GenerationConfig | None = None,
-    tokenizer=None,
+    tokenizer: TokenizerProtocol | None = None,
     attention_mask: torch.Tensor | None = None,
 ) -> Iterator[TextDelta]:
     """The decoding loop: yield each row's token (and the text it completes) as soon as it is chosen."""

@@ -19,6 +19,7 @@ import torch
 from lmlab.generation.incremental import fit_context, next_token_logits, padding_id, prompt_ids
 from lmlab.generation.sampling import GenerationConfig, apply_repetition_penalty, warping_steps
 from lmlab.models import Transformer
+from lmlab.tokenizers.base import TokenizerProtocol
 
 
 @dataclass
@@ -50,7 +51,7 @@ def next_token_table(
     model: Transformer,
     prompt: str | Sequence[int],
     config: GenerationConfig | None = None,
-    tokenizer=None,
+    tokenizer: TokenizerProtocol | None = None,
     n_candidates: int = 10,
 ) -> NextTokenTable:
     """The top `n_candidates` next tokens of `prompt` by the model's probability, and their

@@ -28,11 +28,12 @@ from lmlab.generation.sampling import GenerationConfig
 from lmlab.models import Transformer
 from lmlab.planning.limits import check_fits
 from lmlab.planning.memory import plan_inference_memory
+from lmlab.tokenizers.base import TokenizerProtocol
 
 Prompts = str | Sequence[str] | Sequence[Sequence[int]] | torch.Tensor
 
 
-def check_generative(model: Transformer, config: GenerationConfig, tokenizer=None) -> None:
+def check_generative(model: Transformer, config: GenerationConfig, tokenizer: TokenizerProtocol | None = None) -> None:
     """Refuse a model that cannot write text, and stop strings without a tokenizer to read the text."""
     c = model.config
     if not c.has_decoder or c.head != "lm":
@@ -65,7 +66,8 @@ def next_token_logits(model: Transformer, rows: list[list[int]], pad_id: int = 0
     return runner.start().float()
 
 
-def prompt_ids(prompts: Prompts, tokenizer=None, attention_mask: torch.Tensor | None = None) -> list[list[int]]:
+def prompt_ids(prompts: Prompts, tokenizer: TokenizerProtocol | None = None,
+               attention_mask: torch.Tensor | None = None) -> list[list[int]]:
     """Normalize prompts to one list of token ids per prompt (padding, if any, removed by the mask)."""
     if isinstance(prompts, torch.Tensor):
         ids = prompts if prompts.dim() == 2 else prompts[None]
@@ -117,13 +119,13 @@ def room_for_new_tokens(rows: list[list[int]], max_seq_len: int, arch: str) -> i
     return max_seq_len - 1  # the decoder-start token takes the first position
 
 
-def end_of_sequence_ids(model: Transformer, tokenizer=None) -> set[int]:
+def end_of_sequence_ids(model: Transformer, tokenizer: TokenizerProtocol | None = None) -> set[int]:
     """The token ids that end a sequence: the model's and the tokenizer's end-of-sequence tokens."""
     ids = {model.config.eos_token_id, tokenizer.eos_id if tokenizer is not None else None}
     return {i for i in ids if i is not None}
 
 
-def padding_id(model: Transformer, tokenizer=None) -> int:
+def padding_id(model: Transformer, tokenizer: TokenizerProtocol | None = None) -> int:
     """The token that fills padding and finished rows: the pad token, else end-of-sequence, else 0.
     (Its value never matters, as the attention mask hides it, but it must be in the vocabulary.)"""
     candidates = (model.config.pad_token_id, tokenizer.pad_id if tokenizer is not None else None,

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from lmlab.tokenizers.base import TokenizerProtocol
+
 
 @dataclass
 class Completion:
@@ -36,7 +38,7 @@ def first_stop(text: str, stop: Sequence[str], start: int = 0) -> int | None:
 class IncrementalText:
     """Detokenize one row incrementally, hold back text that may still change, and watch for stop strings."""
 
-    def __init__(self, tokenizer, stop: tuple[str, ...]) -> None:
+    def __init__(self, tokenizer: TokenizerProtocol, stop: tuple[str, ...]) -> None:
         self.tokenizer = tokenizer
         self.stop = stop
         self.tokens: list[int] = []

@@ -24,6 +24,7 @@ from lmlab.hub.convert import (config_from_hf, family_of, guess_family, hf_confi
                                state_dict_to_hf)
 from lmlab.io import HF_MODEL_KIND, MODEL_KIND, read_safetensors, replace_folder, save_safetensors, write_json
 from lmlab.models import Transformer
+from lmlab.tokenizers.base import TokenizerProtocol
 
 LMLAB_CONFIG = "lmlab.json"
 WEIGHTS = "model.safetensors"
@@ -65,7 +66,8 @@ def build_model(config: ModelConfig, state: dict[str, torch.Tensor], source: str
     return model.to(dtype).eval()
 
 
-def save_checkpoint(model: Transformer, out: Path, tokenizer=None, overwrite: bool = False, card=None) -> Path:
+def save_checkpoint(model: Transformer, out: Path, tokenizer: TokenizerProtocol | None = None, overwrite: bool = False,
+                    card=None) -> Path:
     """Write an lmlab checkpoint folder (config + safetensors + tokenizer, and a model card when `card`,
     lmlab.hub.model_card.CardFacts, is given), replacing it as a whole (lmlab.io.replace_folder: `out` must be
     new, empty, or an lmlab model folder with `overwrite`)."""
@@ -83,7 +85,7 @@ def _add_to_json(path: Path, fields: dict) -> None:
     write_json(path, {**data, **fields})
 
 
-def write_checkpoint(model: Transformer, folder: Path, tokenizer=None) -> None:
+def write_checkpoint(model: Transformer, folder: Path, tokenizer: TokenizerProtocol | None = None) -> None:
     """Write the checkpoint's files (config, weights, tokenizer) into the existing `folder`."""
     model.config.save(folder / LMLAB_CONFIG)
     save_safetensors(_unique_tensors(model), folder / WEIGHTS)
@@ -145,7 +147,8 @@ def load_hf_folder(folder: Path, dtype: torch.dtype = torch.float32, head: str |
     return build_model(config, state_dict_from_hf(state, config, family_of(hf_config)), str(folder), dtype)
 
 
-def export_hf(model: Transformer, out: Path, tokenizer=None, overwrite: bool = False, card=None) -> Path:
+def export_hf(model: Transformer, out: Path, tokenizer: TokenizerProtocol | None = None, overwrite: bool = False,
+              card=None) -> Path:
     """Write a Hugging Face folder (config.json, model.safetensors, tokenizer) for `transformers` to load,
     with a model card (README.md) when `card` (lmlab.hub.model_card.CardFacts) is given."""
     config = model.config

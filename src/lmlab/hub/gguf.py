@@ -41,13 +41,13 @@ from torch import nn
 
 from lmlab.config import ModelConfig
 from lmlab.errors import LmlabError
+from lmlab.gguf_file import gguf_metadata
 from lmlab.models import Transformer
 from lmlab.quantization.int4 import Int4Linear, Int4Spec, Int4Tensor, int4_shape_problem, quantize_int4
 from lmlab.quantization.quantized_linear import INT8_CHANNEL, QuantizedEmbedding, QuantizedLinear, TiedQuantizedLinear
 from lmlab.quantization.schemes import QuantSpec, quantize
-from lmlab.tokenizers import open_gguf
 
-__all__ = ["config_from_gguf", "gguf_metadata", "model_from_gguf", "open_gguf", "state_dict_from_gguf"]
+__all__ = ["config_from_gguf", "model_from_gguf", "state_dict_from_gguf"]
 BLOCK = 32  # weights per block of Q4_0, Q4_1 and Q8_0
 
 _TENSOR_NAMES = {
@@ -55,11 +55,6 @@ _TENSOR_NAMES = {
     "ffn_gate": "ffn.gate", "ffn_up": "ffn.up", "ffn_down": "ffn.down", "attn_norm": "attn_norm",
     "ffn_norm": "ffn_norm",
 }
-
-
-def gguf_metadata(reader, key: str, default: Any = None) -> Any:
-    field = reader.fields.get(key)
-    return default if field is None else field.contents()
 
 
 def config_from_gguf(reader) -> ModelConfig:

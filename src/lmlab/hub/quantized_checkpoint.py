@@ -41,6 +41,7 @@ from lmlab.quantization.quantized_linear import (INT8_CHANNEL, Int8Matrix, Quant
                                                  TiedQuantizedLinear, is_tied, lm_head_projection, quantize_model,
                                                  swap_layers)
 from lmlab.quantization.schemes import QuantSpec
+from lmlab.tokenizers.base import TokenizerProtocol
 
 QUANTIZATION_CONFIG = "quantization.json"
 TIED_HEAD = "head.proj.weight"  # stored once, as tok_emb.weight
@@ -107,7 +108,8 @@ def quantization_of(model: Transformer) -> QuantizationConfig:
     return QuantizationConfig(dtype)
 
 
-def save_quantized(model: Transformer, out: Path, tokenizer=None, overwrite: bool = False) -> Path:
+def save_quantized(model: Transformer, out: Path, tokenizer: TokenizerProtocol | None = None,
+                   overwrite: bool = False) -> Path:
     """Write a quantized (int8) or cast (fp16 / bf16) model as a checkpoint folder, atomically."""
     quantization = quantization_of(model)
     with replace_folder(out, MODEL_KIND, overwrite) as tmp:

@@ -32,6 +32,7 @@ from lmlab.planning.limits import check_fits
 from lmlab.planning.params import count_parameters
 from lmlab.quantization.quantized_linear import quantize_model
 from lmlab.quantization.weight_format import WeightFormat
+from lmlab.tokenizers.base import TokenizerProtocol
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class LoadedModel:
     """A model ready to use, its tokenizer (None for bare presets) and where it came from."""
 
     model: Transformer
-    tokenizer: object | None
+    tokenizer: TokenizerProtocol | None
     reference: str
     source: str
 
@@ -130,7 +131,8 @@ def resolve_config(reference: str) -> ModelConfig:
     if kind == "lmlab":
         return ModelConfig.load(path / LMLAB_CONFIG)
     if kind == "gguf" or (kind == "embedded" and path.suffix == ".gguf"):
-        from lmlab.hub.gguf import config_from_gguf, open_gguf
+        from lmlab.gguf_file import open_gguf
+        from lmlab.hub.gguf import config_from_gguf
 
         return config_from_gguf(open_gguf(path))
     return config_from_hf(read_hf_config(path))
@@ -165,7 +167,8 @@ def _load(reference: str, weights: WeightFormat, seed: int, head: str | None, fu
         return LoadedModel(_quantize(model, weights, reference, fuse), None, reference,
                            f"preset {reference} (random weights, seed {seed})")
     if path.suffix == ".gguf":
-        from lmlab.hub.gguf import config_from_gguf, model_from_gguf, open_gguf, state_dict_from_gguf
+        from lmlab.gguf_file import open_gguf
+        from lmlab.hub.gguf import config_from_gguf, model_from_gguf, state_dict_from_gguf
         from lmlab.tokenizers import tokenizer_from_gguf
 
         reader = open_gguf(path)

@@ -15,6 +15,7 @@ import torch
 from lmlab.errors import LmlabError
 from lmlab.io import save_figure
 from lmlab.hub.resolve import LoadedModel
+from lmlab.tokenizers.base import TokenizerProtocol
 
 STACKS = ("encoder", "decoder", "cross")
 
@@ -29,7 +30,7 @@ class AttentionMap:
     stack: str
 
 
-def _token_labels(tokenizer, ids: list[int]) -> list[str]:
+def _token_labels(tokenizer: TokenizerProtocol | None, ids: list[int]) -> list[str]:
     return [tokenizer.token_bytes(i).decode("utf-8", errors="replace") for i in ids]
 
 

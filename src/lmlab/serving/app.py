@@ -35,6 +35,7 @@ from lmlab.serving.generation import Choice, Job, Responder, chat_job, completio
 from lmlab.serving.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
 from lmlab.serving.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, parse_request
 from lmlab.serving.streaming import RequestGroup
+from lmlab.tokenizers.base import TokenizerProtocol
 
 STATIC = files("lmlab.serving") / "static"
 ENDPOINTS = frozenset({"/", "/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions",
@@ -59,7 +60,7 @@ class Backend:
     """What the server runs: the engine over a language model, and optionally a sentence encoder."""
 
     engine: Engine
-    tokenizer: object | None
+    tokenizer: TokenizerProtocol | None
     model_name: str
     encoder: SentenceEncoder | None = None
     created: int = field(default_factory=lambda: int(time.time()))

@@ -23,6 +23,7 @@ from lmlab.generation.sampling import GenerationConfig
 from lmlab.serving.errors import APIError, bad_request
 from lmlab.serving.schemas import ChatCompletionRequest, CompletionRequest, _Sampling
 from lmlab.serving.streaming import sse
+from lmlab.tokenizers.base import TokenizerProtocol
 
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length", "cancelled": "abort"}
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # as OpenAI's completions endpoint
@@ -45,7 +46,7 @@ class Job:
         self.id = ("cmpl-" if self.kind == "completion" else "chatcmpl-") + uuid.uuid4().hex[:24]
 
 
-def completion_job(body: CompletionRequest, tokenizer, window: int, model: str) -> Job:
+def completion_job(body: CompletionRequest, tokenizer: TokenizerProtocol, window: int, model: str) -> Job:
     prompts = []
     for i, prompt in enumerate(body.prompts()):
         param = "prompt" if len(body.prompts()) == 1 else f"prompt[{i}]"
@@ -59,7 +60,7 @@ def completion_job(body: CompletionRequest, tokenizer, window: int, model: str) 
     return _job("completion", body, prompts, tokenizer, window, model, body.max_tokens, body.logprobs)
 
 
-def chat_job(body: ChatCompletionRequest, tokenizer, window: int, model: str) -> Job:
+def chat_job(body: ChatCompletionRequest, tokenizer: TokenizerProtocol, window: int, model: str) -> Job:
     try:
         prompt = chat_ids(tokenizer, body.conversation())
     except LmlabError as err:
@@ -69,7 +70,7 @@ def chat_job(body: ChatCompletionRequest, tokenizer, window: int, model: str) ->
     return _job("chat", body, [prompt], tokenizer, window, model, max_tokens, top)
 
 
-def _job(kind: str, body: _Sampling, prompts: list[list[int]], tokenizer, window: int, model: str,
+def _job(kind: str, body: _Sampling, prompts: list[list[int]], tokenizer: TokenizerProtocol, window: int, model: str,
          max_tokens: int | None, logprobs: int | None) -> Job:
     if body.stop and tokenizer is None:
         raise bad_request("stop strings need a tokenizer to read the text, and this model has none", "stop")
@@ -126,7 +127,7 @@ class Choice:
 class Responder:
     """OpenAI's response shapes for one job."""
 
-    def __init__(self, job: Job, tokenizer) -> None:
+    def __init__(self, job: Job, tokenizer: TokenizerProtocol) -> None:
         self.job = job
         self.tokenizer = tokenizer
 

@@ -30,6 +30,7 @@ from lmlab.config import ModelConfig
 from lmlab.data.collators import IGNORE_INDEX, CausalLMCollator, MaskedLMCollator, SpanCorruptionCollator
 from lmlab.errors import LmlabError
 from lmlab.tokenizers import Tokenizer
+from lmlab.tokenizers.base import TokenizerProtocol
 
 OBJECTIVES = {"decoder": "causal-lm", "encoder": "masked-lm", "encoder-decoder": "span-corruption"}
 MASK_TOKEN = "<mask>"
@@ -71,7 +72,7 @@ def _add_special(tokenizer: Tokenizer, tokens: list[str]) -> None:
         tokenizer.backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in missing])
 
 
-def prepare_tokenizer(tokenizer: Any, arch: str, seq_len: int) -> Any:
+def prepare_tokenizer(tokenizer: TokenizerProtocol, arch: str, seq_len: int) -> TokenizerProtocol:
     """The tokenizer with the special tokens `arch`'s objective needs, added at the end of the vocabulary.
 
     Token ids the data already holds keep their meaning; only new ids appear.
@@ -94,7 +95,7 @@ def prepare_tokenizer(tokenizer: Any, arch: str, seq_len: int) -> Any:
     return tokenizer
 
 
-def model_config_for(config: ModelConfig, tokenizer: Any) -> ModelConfig:
+def model_config_for(config: ModelConfig, tokenizer: TokenizerProtocol) -> ModelConfig:
     """`config` with the tokenizer's vocabulary size and special ids (an encoder-decoder starts decoding
     from the padding id, as T5 does)."""
     changes: dict[str, Any] = {
@@ -108,7 +109,7 @@ def model_config_for(config: ModelConfig, tokenizer: Any) -> ModelConfig:
     return config.replace(**changes)
 
 
-def objective_for(arch: str, tokenizer: Any, seq_len: int) -> Objective:
+def objective_for(arch: str, tokenizer: TokenizerProtocol, seq_len: int) -> Objective:
     """The objective of `arch` over packed sequences of seq_len (+1) tokens; `tokenizer` as returned by
     `prepare_tokenizer`."""
     if arch == "decoder":

@@ -40,6 +40,7 @@ from lmlab.hub.checkpoint import LMLAB_CONFIG, build_model, export_hf, save_chec
 from lmlab.io import commit_folder, stage_folder, staging_name
 from lmlab.models import Transformer
 from lmlab.tokenizers import load_tokenizer
+from lmlab.tokenizers.base import TokenizerProtocol
 from lmlab.training.distributed import DistEnv
 
 SHARDS = "shards"
@@ -63,8 +64,8 @@ def _training_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[
             "optimizer": get_optimizer_state_dict(model, local_optimizer(optimizer), options=OPTIMIZER_OPTIONS)}
 
 
-def save_sharded(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, env: DistEnv, tokenizer: Any = None,
-                 write_main: Callable[[Path], None] | None = None) -> None:
+def save_sharded(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, env: DistEnv,
+                 tokenizer: TokenizerProtocol | None = None, write_main: Callable[[Path], None] | None = None) -> None:
     """Write `folder` on every rank: its shards of weights and optimizer states; rank 0 adds the config,
     the tokenizer and whatever `write_main(temporary folder)` writes.
 

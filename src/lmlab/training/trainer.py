@@ -63,6 +63,7 @@ from lmlab.planning.measure import uses_fused_attention
 from lmlab.planning.limits import check_fits
 from lmlab.planning.memory import TrainingPlan, plan_training_memory
 from lmlab.planning.units import format_bytes
+from lmlab.tokenizers.base import TokenizerProtocol
 from lmlab.training.distributed import DistEnv, Strategy, all_reduce_sum, gather_to_main
 from lmlab.training.fsdp import ParallelConfig, build_strategy
 from lmlab.training.objectives import Objective
@@ -358,7 +359,7 @@ class Trainer:
         val_sets: Mapping[str, Dataset],
         config: TrainConfig,
         run: RunFolder,
-        tokenizer: Any = None,
+        tokenizer: TokenizerProtocol | None = None,
         weights: Mapping[str, float] | None = None,
         env: DistEnv | None = None,
         strategy: Strategy | None = None,
