@@ -41,7 +41,8 @@ from lmlab.data.pipeline import PrepareSettings, prepare_documents
 from lmlab.models import Transformer
 from lmlab.training.objectives import objective_for
 from lmlab.training.optim import WarmupCosine, make_optimizer
-from lmlab.training.trainer import TrainConfig, Trainer, open_run
+from lmlab.training.run_folder import open_run
+from lmlab.training.trainer import TrainConfig, Trainer
 
 BATCH, SEQ_LEN, LR, WARMUP = 12, 64, 1e-3, 100
 

@@ -20,7 +20,8 @@ from safetensors.torch import load_file
 
 from lmlab.io import PAUSE_ENV, TEMP_TAG
 from lmlab.training.pretrain import PretrainSettings, pretrain
-from lmlab.training.trainer import RUN_FILE, TrainConfig
+from lmlab.training.run_folder import RUN_FILE
+from lmlab.training.trainer import TrainConfig
 
 TIMEOUT_S = 600
 FORKSERVER = multiprocessing.get_context("forkserver")  # children start from a process that has imported lmlab,

@@ -14,7 +14,7 @@ from lmlab.cli.main import main
 from lmlab.errors import LmlabError
 from lmlab.io import TEMP_TAG, stage_folder
 from lmlab.training.run_lock import LOCK_FILE, is_lock_file, lock_run, rank_lock_file
-from lmlab.training.trainer import open_run
+from lmlab.training.run_folder import open_run
 
 from .test_trainer import make_trainer
 

@@ -19,7 +19,8 @@ from lmlab.models import Transformer
 from lmlab.training.objectives import model_config_for, objective_for, prepare_tokenizer
 from lmlab.training.pretrain import DEFAULT_PRESETS
 from lmlab.data.mixture import MixtureSampler
-from lmlab.training.trainer import TrainConfig, Trainer, open_run, stream
+from lmlab.training.run_folder import open_run
+from lmlab.training.trainer import TrainConfig, Trainer, stream
 
 from .conftest import SEQ_LEN
 

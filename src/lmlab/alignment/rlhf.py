@@ -68,7 +68,8 @@ from lmlab.hub.resolve import load_model
 from lmlab.io import json_line, replace_folder, save_figure, save_safetensors, write_json
 from lmlab.models.lora import adapters_disabled, apply_lora, count_parameters, merge_lora, save_adapter
 from lmlab.planning.measure import PeakMemory
-from lmlab.training.trainer import DTYPES, open_run
+from lmlab.training.run_folder import open_run
+from lmlab.training.trainer import DTYPES
 
 SUMMARY_FILE = "ppo.json"
 METRICS_FILE = "metrics.jsonl"

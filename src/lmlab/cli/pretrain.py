@@ -13,6 +13,7 @@ from lmlab.cli.options import Applies, check_applies, field_default
 from lmlab.cli.parallel import add_parallel_options, errors_said_by_rank_zero, parallel_config
 from lmlab.cli.runs import add_logger_argument
 from lmlab.errors import LmlabError, did_you_mean
+from lmlab.quantization.schemes import GRANULARITIES
 from lmlab.training.pretrain import BPE, DEFAULT_PRESETS, PretrainSettings, pretrain
 from lmlab.training.trainer import DTYPES, TrainConfig
 
@@ -106,7 +107,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="skip up to N steps whose loss or gradient norm is NaN or infinite (no update, counted "
                             "in metrics.jsonl as skipped_steps), as large runs do; beyond N, or with the default "
                             "0, a non-finite step stops the run with an error, keeping the last checkpoint")
-    optim.add_argument("--qat", choices=("tensor", "channel", "group"),
+    optim.add_argument("--qat", choices=GRANULARITIES,
                        help="quantization-aware training: the forward pass sees int8 (absmax) weights with one "
                             "scale per tensor, output channel or group, the backward pass lets gradients through "
                             "unchanged (straight-through estimator), so `lmlab quantize` loses less afterwards")

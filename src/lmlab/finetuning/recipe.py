@@ -54,7 +54,8 @@ from lmlab.tokenizers.base import TokenizerProtocol
 from lmlab.training.distributed import DistEnv, run_on_main
 from lmlab.training.fsdp import ParallelConfig
 from lmlab.training.objectives import Objective
-from lmlab.training.trainer import StepMetrics, TrainConfig, Trainer, TrainResult, open_run
+from lmlab.training.run_folder import open_run
+from lmlab.training.trainer import StepMetrics, TrainConfig, Trainer, TrainResult
 
 METHODS = ("full", "lora")
 DEFAULT_LR = {"full": 5e-5, "lora": 2e-4}

@@ -348,7 +348,8 @@ def _start_worker(threads: int, progress: Any) -> None:
 def _train(spec: RunSpec, settings: SweepSettings, data: Path, vocab_size: int) -> RunRecord | None:
     """Train one run of the grid with `pretrain` (in a worker process); None if it was interrupted."""
     from lmlab.training.pretrain import PretrainSettings, pretrain
-    from lmlab.training.trainer import RUN_FILE, TrainConfig
+    from lmlab.training.run_folder import RUN_FILE
+    from lmlab.training.trainer import TrainConfig
 
     out = Path(settings.out)
     run_dir = out / "runs" / spec.name

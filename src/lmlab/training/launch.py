@@ -35,7 +35,7 @@ from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from lmlab.errors import LmlabError
 from lmlab.training.run_lock import HOLDER_ENV, RunLock, is_lock_file, lock_run
-from lmlab.training.trainer import RUN_FILE
+from lmlab.training.run_folder import RUN_FILE
 
 NPROC_OPTION = "--nproc"
 LAUNCHER_ENV = "LMLAB_LAUNCHER_PID"  # the workers' parent, which they must not outlive

@@ -41,7 +41,8 @@ from lmlab.planning.units import format_count
 from lmlab.tokenizers import load_tokenizer, train_bpe
 from lmlab.training.distributed import DistEnv, run_on_main
 from lmlab.training.objectives import OBJECTIVES, model_config_for, objective_for, prepare_tokenizer
-from lmlab.training.trainer import RunFolder, StepMetrics, TrainConfig, Trainer, TrainResult, open_run, training_plan
+from lmlab.training.run_folder import RunFolder, open_run
+from lmlab.training.trainer import StepMetrics, TrainConfig, Trainer, TrainResult, training_plan
 
 DEFAULT_PRESETS = {"decoder": "tiny-gpt2", "encoder": "tiny-bert", "encoder-decoder": "tiny-t5"}
 SHIPPED = "corpus"  # the dataset name of the shipped corpus in a mixture

@@ -16,7 +16,7 @@ from typing import Any
 from lmlab.errors import LmlabError
 from lmlab.hub.model_card import read_card_facts
 from lmlab.io import save_figure
-from lmlab.training.trainer import METRICS_FILE, RUN_FILE
+from lmlab.training.run_folder import METRICS_FILE, RUN_FILE
 
 
 @dataclass

@@ -30,12 +30,15 @@ Throughput is reported in tokens/s and as model FLOPs utilization (MFU:
 Chowdhery et al. 2022, PaLM, appendix B): the model's training FLOPs per
 second (3 × the forward FLOPs of Hoffmann et al. 2022, appendix F) over the
 hardware's peak.
+
+This module is the loop; next to it: run_folder.py (the run's folder and who may write it), checkpoint.py
+(the checkpoint format and resuming from it), plots.py (loss.png), loggers.py, observe.py (memory and
+communication report), and quantization-aware training comes from lmlab.quantization.qat.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import signal
 import threading
@@ -54,9 +57,8 @@ from lmlab.allocator import return_freed_memory_promptly
 from lmlab.config import ModelConfig
 from lmlab.data.mixture import MixtureSampler
 from lmlab.errors import LmlabError
-from lmlab.hub.checkpoint import LMLAB_CONFIG, load_weights, save_checkpoint, write_checkpoint
-from lmlab.io import (MARKER, TEMP_TAG, clean_leftovers, json_line, read_marker, read_safetensors, remove_folder,
-                      replace_folder, save_figure, save_safetensors, write_json, write_jsonl, write_marker)
+from lmlab.hub.checkpoint import load_weights, save_checkpoint
+from lmlab.io import json_line, remove_folder, write_jsonl
 from lmlab.models import Transformer
 from lmlab.planning.compute import forward_flops
 from lmlab.planning.measure import uses_fused_attention
@@ -64,24 +66,21 @@ from lmlab.planning.limits import check_fits
 from lmlab.planning.memory import TrainingPlan, plan_training_memory
 from lmlab.planning.units import format_bytes
 from lmlab.tokenizers.base import TokenizerProtocol
-from lmlab.training.distributed import DistEnv, Strategy, all_reduce_sum, gather_to_main
+from lmlab.quantization.qat import prepare_qat
+from lmlab.quantization.schemes import QuantSpec
+from lmlab.training.checkpoint import read_trainer_state, restore_training_checkpoint, save_training_checkpoint
+from lmlab.training.distributed import DistEnv, Strategy, all_reduce_sum
 from lmlab.training.fsdp import ParallelConfig, build_strategy
 from lmlab.training.objectives import Objective
 from lmlab.training.loggers import LOGGERS, LoggerKind, open_logger
 from lmlab.training.observe import REPORT_FILE, StepObserver
 from lmlab.training.optim import WarmupCosine
-from lmlab.training.run_lock import RunLock, is_lock_file, lock_run
-from lmlab.training.sharded_checkpoint import CHECKPOINT_KIND, is_sharded, load_sharded, save_sharded
+from lmlab.training.plots import plot_loss
+from lmlab.training.run_folder import RunFolder
+from lmlab.training.run_lock import lock_run
+from lmlab.training.sharded_checkpoint import is_sharded
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-RUN_FILE = "run.json"
-RUN_FORMAT = "lmlab.training-run"
-RUN_KIND = "training-run"  # the kind of output folder lmlab.io marks
-STATE_FILE = "trainer_state.json"
-OPTIMIZER_FILE = "optimizer.safetensors"
-RNG_FILE = "rng.safetensors"
-METRICS_FILE = "metrics.jsonl"
-PLOT_FILE = "loss.png"
 VAL_SEED = 1234  # the validation collator restarts from this seed at every evaluation
 
 
@@ -155,115 +154,6 @@ def training_plan(model_config: ModelConfig, n_params: int, config: TrainConfig,
     return plan_training_memory(n_params, config.dtype, "adamw", mixed_precision=config.dtype == "bf16",
                                 parallelism=config.parallel.parallelism(env), config=model_config, batch=micro_batch,
                                 seq_len=seq_len, flash_attention=uses_fused_attention(model_config))
-
-
-@dataclass
-class RunFolder:
-    """An output folder: run.json, metrics.jsonl, loss.png, checkpoints/step-NNNNNNN/, model/ (and data/)."""
-
-    path: Path
-    identity: dict[str, Any]
-    resume: bool = False
-    lock: RunLock | None = None  # this process's ownership of the folder (run_lock)
-
-    def release(self) -> None:
-        """Give up the folder's lock (the end of the process does it too)."""
-        if self.lock is not None:
-            self.lock.release()
-
-    def __enter__(self) -> RunFolder:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "lock": None}  # sent to the other ranks; the lock stays with its process
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
-
-    @property
-    def model_dir(self) -> Path:
-        return self.path / "model"
-
-    @property
-    def data_dir(self) -> Path:
-        return self.path / "data"
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / METRICS_FILE
-
-    @property
-    def plot(self) -> Path:
-        return self.path / PLOT_FILE
-
-    def latest_checkpoint(self) -> Path | None:
-        found = sorted(p for p in self.checkpoints.glob("step-*") if (p / STATE_FILE).is_file())
-        return found[-1] if found else None
-
-
-def open_run(out: str | Path, identity: dict[str, Any], resume: bool = False) -> RunFolder:
-    """Check that `out` may hold this run, take its lock, then write its run.json (call on one process only).
-
-    A new run needs an empty or missing folder. `resume` needs the folder of
-    the same run: same identity (model, data, optimization settings; the
-    number of steps may change). Anything else is refused, and nothing is
-    written. While the run lives, a second writer is refused (run_lock).
-    """
-    out = Path(out)
-    _check_run_folder(out, identity, resume)  # before creating the folder or a lock file in it
-    out.mkdir(parents=True, exist_ok=True)
-    lock = lock_run(out, say=lambda text: print(text, flush=True))
-    try:
-        occupied = _check_run_folder(out, identity, resume)  # again: the folder may have changed meanwhile
-        if (read_marker(out) or {}).get("kind") != RUN_KIND:  # a new run, or one from before lmlab marked folders
-            write_marker(out, RUN_KIND)
-        removed = clean_leftovers(out)
-        if removed:
-            print(f"note: removed {len(removed)} temporary file(s) or folder(s) an interrupted save left in {out}",
-                  flush=True)
-        if not occupied:
-            write_json(out / RUN_FILE, {"format": RUN_FORMAT, "identity": identity})
-    except BaseException:
-        lock.release()
-        raise
-    return RunFolder(out, identity, resume=occupied, lock=lock)
-
-
-def _check_run_folder(out: Path, identity: dict[str, Any], resume: bool) -> bool:
-    """Raise LmlabError unless `out` may hold this run; True if it holds it already (resume)."""
-    if out.exists() and not out.is_dir():
-        raise LmlabError(f"{out} exists and is not a folder")
-    run_file = out / RUN_FILE
-    occupied = out.is_dir() and any(entry.name != MARKER and not is_lock_file(entry.name) and TEMP_TAG not in entry.name
-                                    for entry in out.iterdir())  # lmlab's own files of a run that never started
-    if occupied and not run_file.is_file():
-        marker = read_marker(out)
-        what = f"it holds an lmlab {marker['kind']}" if marker else "it was not written by lmlab"
-        raise LmlabError(f"{out} is not empty and holds no lmlab training run ({what}); choose another output "
-                         "folder")
-    if occupied and not resume:
-        raise LmlabError(f"{out} already holds a training run; pass --resume to continue it, or choose another "
-                         "output folder")
-    if resume and not occupied:
-        raise LmlabError(f"nothing to resume: {out} holds no training run")
-    if occupied:
-        try:
-            saved = json.loads(run_file.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise LmlabError(f"{run_file}: unreadable ({err})") from None
-        if not isinstance(saved, dict) or saved.get("format") != RUN_FORMAT:
-            raise LmlabError(f"{run_file}: not an lmlab training run")
-        old = saved.get("identity", {})
-        current = json.loads(json.dumps(identity))  # compare as JSON would store it
-        if old != current:
-            changed = sorted(k for k in old.keys() | current.keys() if old.get(k) != current.get(k))
-            raise LmlabError(f"{out} holds a different training run (it differs in: {', '.join(changed)}); "
-                             "choose another output folder")
-    return occupied
 
 
 @dataclass
@@ -384,9 +274,6 @@ class Trainer:
         self.run = run
         self.tokenizer = tokenizer
         if config.qat:
-            from lmlab.quantization.qat import prepare_qat
-            from lmlab.quantization.schemes import QuantSpec
-
             prepare_qat(model, QuantSpec(granularity=config.qat))
         self.strategy = strategy or build_strategy(self.env, config.parallel, config.dtype)
         self.seq_len = seq_len or len(next(d for d in self.train_sets.values() if len(d))[0]) - 1
@@ -434,7 +321,7 @@ class Trainer:
         return_freed_memory_promptly()  # resident memory = what the tensors need (lmlab.allocator)
         config, env = self.config, self.env
         checkpoint = self.run.latest_checkpoint() if self.run.resume else None
-        state = self._load_trainer_state(checkpoint) if checkpoint else {}
+        state = read_trainer_state(checkpoint, self.model.config) if checkpoint else {}
         start_step = state.get("step", 0)
         if start_step >= config.steps:
             return self._already_done(checkpoint, start_step, time.perf_counter() - wall_start)
@@ -458,7 +345,8 @@ class Trainer:
         start_step = state.get("step", 0)
         self.skipped = state.get("skipped_steps", 0)
         if checkpoint:
-            self._restore(checkpoint, state, wrapped, optimizer, collator)
+            restore_training_checkpoint(checkpoint, state, wrapped, optimizer, self.strategy, env, collator,
+                                        self.print)
             self.print(f"resuming from {checkpoint} (step {start_step})")
         history = self._load_history(start_step)
         if config.dtype == "bf16" and env.device.type == "cpu" and not cpu_has_native_bf16():
@@ -509,7 +397,7 @@ class Trainer:
                     self._save(step, wrapped, optimizer, collator,
                                train_seconds + state.get("train_seconds", 0.0))
                     if env.is_main:
-                        self._plot(history)
+                        plot_loss(history, f"{self.objective.name}: {self.run.path.name}", self.run.plot)
         finally:
             if log is not None:
                 log.close()
@@ -640,15 +528,7 @@ class Trainer:
 
     def _load_history(self, start_step: int) -> list[dict[str, Any]]:
         """The metrics of the steps up to `start_step` (a resumed run drops lines logged after its checkpoint)."""
-        history: list[dict[str, Any]] = []
-        if start_step and self.run.metrics.is_file():
-            for line in self.run.metrics.read_text(encoding="utf-8").splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:  # the last line of a process killed while writing it
-                    continue
-                if record["step"] <= start_step:
-                    history.append(record)
+        history = [record for record in self.run.read_metrics() if record["step"] <= start_step] if start_step else []
         if self.env.is_main:
             write_jsonl(self.run.metrics, history)
         return history
@@ -662,44 +542,11 @@ class Trainer:
             log.write(json_line(record))
         return record
 
-    def _plot(self, history: list[dict[str, Any]]) -> None:
-        """Training loss per step and validation loss per evaluation, to loss.png."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7, 4))
-        ax.plot([r["step"] for r in history], [math.nan if r["loss"] is None else r["loss"] for r in history], lw=0.8,
-                alpha=0.7, label="train")  # a skipped non-finite step's loss is logged as null
-        evals = [r for r in history if r.get("val_loss") is not None]
-        if evals:
-            ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="validation")
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss (nats per token)")
-        ax.set_title(f"{self.objective.name}: {self.run.path.name}")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        try:
-            save_figure(fig, self.run.plot, dpi=100, bbox_inches="tight")
-        finally:
-            plt.close(fig)
-
     # -- checkpoints ------------------------------------------------------------------------------------
-
-    def _rng_state(self, collator: Any) -> dict[str, torch.Tensor]:
-        state = {"torch": torch.get_rng_state()}
-        if self.env.device.type == "cuda":
-            state["cuda"] = torch.cuda.get_rng_state(self.env.device)
-        if hasattr(collator, "state_dict"):
-            state.update({f"collator.{k}": v for k, v in collator.state_dict().items()})
-        return state
 
     def _save(self, step: int, wrapped: torch.nn.Module, optimizer: torch.optim.Optimizer, collator: Any,
               train_seconds: float) -> None:
-        """Write checkpoints/step-NNNNNNN atomically (rank 0; with sharding every rank writes its shards), then
-        drop the older checkpoints."""
-        rng = gather_to_main(self._rng_state(collator), self.env)
+        """Write checkpoints/step-NNNNNNN (lmlab.training.checkpoint), then drop the older checkpoints."""
         folder = self.run.checkpoints / f"step-{step:07d}"
         state = {
             "step": step,
@@ -711,61 +558,12 @@ class Trainer:
             "train_seconds": train_seconds,
             "skipped_steps": self.skipped,
         }
-
-        def write_run_state(tmp: Path) -> None:
-            save_safetensors({f"rank{r}.{k}": v for r, states in enumerate(rng) for k, v in states.items()},
-                             tmp / RNG_FILE)
-            write_json(tmp / STATE_FILE, state)  # last: a folder with trainer_state.json is a whole checkpoint
-
-        if self.strategy.sharded:  # every rank writes its shards (torch.distributed.checkpoint)
-            save_sharded(folder, self.strategy.unwrap(wrapped), optimizer, self.env, self.tokenizer, write_run_state)
-        else:
-            optimizer_state = self.strategy.optimizer_state(wrapped, optimizer)
-            if self.env.is_main:
-                with replace_folder(folder, CHECKPOINT_KIND, overwrite=True) as staging:
-                    write_checkpoint(self.strategy.unwrap(wrapped), staging, self.tokenizer)
-                    save_safetensors({f"{index}.{key}": value for index, entry in optimizer_state["state"].items()
-                                      for key, value in entry.items()}, staging / OPTIMIZER_FILE)
-                    state["optimizer_param_groups"] = [{**g, "betas": list(g["betas"])}
-                                                       for g in optimizer_state["param_groups"]]
-                    write_run_state(staging)
+        save_training_checkpoint(folder, wrapped, optimizer, self.strategy, self.env, collator, state, self.tokenizer)
         if not self.env.is_main:
             return
         for old in self.run.checkpoints.glob("step-*"):
             if old != folder:
                 remove_folder(old)
-
-    def _load_trainer_state(self, checkpoint: Path) -> dict[str, Any]:
-        saved = ModelConfig.load(checkpoint / LMLAB_CONFIG)
-        if saved.to_dict() != self.model.config.to_dict():
-            raise LmlabError(f"{checkpoint} holds a model with a different config; it cannot be resumed into this one")
-        return json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
-
-    def _restore(self, checkpoint: Path, state: dict[str, Any], wrapped: torch.nn.Module,
-                 optimizer: torch.optim.Optimizer, collator: Any) -> None:
-        if is_sharded(checkpoint):
-            load_sharded(checkpoint, self.strategy.unwrap(wrapped), optimizer)
-        else:
-            tensors = read_safetensors(checkpoint / OPTIMIZER_FILE)
-            entries: dict[int, dict[str, torch.Tensor]] = {}
-            for name, value in tensors.items():
-                index, key = name.split(".", 1)
-                entries.setdefault(int(index), {})[key] = value
-            groups = [{**g, "betas": tuple(g["betas"])} for g in state["optimizer_param_groups"]]
-            self.strategy.load_optimizer_state(wrapped, optimizer, {"state": entries, "param_groups": groups})
-        rng = read_safetensors(checkpoint / RNG_FILE)
-        if state["world_size"] != self.env.world_size:
-            self.print(f"note: the checkpoint was written by {state['world_size']} process(es), this run has "
-                       f"{self.env.world_size}; random streams restart from the seed, so the continuation is not "
-                       "bit-identical to an uninterrupted run")
-            return
-        mine = {k.split(".", 1)[1]: v for k, v in rng.items() if k.startswith(f"rank{self.env.rank}.")}
-        torch.set_rng_state(mine["torch"])
-        if "cuda" in mine:
-            torch.cuda.set_rng_state(mine["cuda"], self.env.device)
-        collator_state = {k.removeprefix("collator."): v for k, v in mine.items() if k.startswith("collator.")}
-        if collator_state:
-            collator.load_state_dict(collator_state)
 
     # -- Ctrl-C and SIGTERM -----------------------------------------------------------------------------
 
@@ -792,11 +590,7 @@ class Trainer:
     def _already_done(self, checkpoint: Path, step: int, wall_seconds: float) -> TrainResult:
         """A resumed run whose checkpoint has reached --steps: say so and change nothing (but write model/ from
         the last checkpoint if the run was stopped between that checkpoint and model/)."""
-        history = []
-        if self.run.metrics.is_file():
-            for line in self.run.metrics.read_text(encoding="utf-8").splitlines():
-                with contextlib.suppress(json.JSONDecodeError):
-                    history.append(json.loads(line))
+        history = self.run.read_metrics()
         self.print(f"{self.run.path} is finished: it reached step {step} (of --steps {self.config.steps}); nothing "
                    "to do (raise --steps to train longer)")
         evals = [r for r in history if r.get("val_loss") is not None]
