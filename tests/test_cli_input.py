@@ -15,7 +15,7 @@ from lmlab.config import ModelConfig
 from lmlab.errors import LmlabError
 from lmlab.planning import limits
 from lmlab.planning.limits import available_memory_bytes, check_fits
-from tiny_lm import make_tiny_checkpoint
+from tiny import make_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from lmlab.models import Transformer
 from lmlab.records import read_records
 from lmlab.tokenizers import render_chat_template
 from lmlab.training.pretrain import with_overrides
-from tiny_lm import CHATML, tiny_tokenizer
+from tiny import CHATML, tiny_tokenizer
 
 BOUNDED = settings(max_examples=40, deadline=2000, derandomize=True,
                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

@@ -3,7 +3,7 @@ import struct
 
 import pytest
 from rouge_score import rouge_scorer
-from tiny_lm import make_tiny_checkpoint
+from tiny import make_tiny_checkpoint
 
 from lmlab.cli.main import main
 from lmlab.errors import LmlabError

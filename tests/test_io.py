@@ -12,7 +12,7 @@ import pytest
 from lmlab import io
 from lmlab.cli.main import main
 from lmlab.errors import LmlabError
-from tiny_lm import make_tiny_checkpoint
+from tiny import make_tiny_checkpoint
 
 
 def _write_version(folder, version: str) -> None:

@@ -3,7 +3,7 @@
 What the test changes, so that the tour takes seconds instead of hours (everything else is run exactly as
 the README writes it):
 - the embedded SmolLM2-135M-Instruct (named, or the default model) is a tiny random Llama-style checkpoint
-  with a BPE tokenizer and a chat template (tests/tiny_lm.py; d_ff 192 for int4), and minilm-l6 a tiny random BERT with it;
+  with a BPE tokenizer and a chat template (tests/tiny.py; d_ff 192 for int4), and minilm-l6 a tiny random BERT with it;
   `--layer 3` of the attention map is `--layer 1` (the tiny model has 2 layers);
 - training lengths: `--steps N` and `--epochs E` become `--steps 2`; `lmlab finetune minilm-l6` gets
   `--steps 2`; `lmlab icl` and the ROUGE evaluation answer 2 records (`--n 2`);
@@ -26,7 +26,7 @@ from lmlab.cli.main import main
 from lmlab.config import get_preset
 from lmlab.hub.checkpoint import save_checkpoint
 from lmlab.models import Transformer
-from tiny_lm import tiny_tokenizer
+from tiny import tiny_tokenizer
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TAKES_MODEL = {"generate", "chat", "icl", "finetune", "evaluate", "quantize"}

@@ -7,7 +7,7 @@ import sacrebleu
 import torch
 import torch.nn.functional as F
 from rouge_score import rouge_scorer
-from tiny_lm import make_tiny_checkpoint
+from tiny import make_tiny_checkpoint
 
 from lmlab.cli.main import main
 from lmlab.errors import LmlabError

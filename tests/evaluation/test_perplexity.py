@@ -7,6 +7,7 @@ import torch
 
 from lmlab.errors import LmlabError
 from lmlab.evaluation.perplexity import Window, perplexity, sliding_windows
+from tests.tiny import hf_config
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 transformers = pytest.importorskip("transformers")
@@ -15,16 +16,8 @@ transformers = pytest.importorskip("transformers")
 @pytest.fixture(scope="module")
 def llama():
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=97,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        initializer_range=0.2,  # larger than default so that context changes the predictions
-    )
+    config = hf_config("llama", 97, hidden_size=32, intermediate_size=64, max_position_embeddings=256,
+                       initializer_range=0.2)  # larger than default so that context changes the predictions
     return transformers.LlamaForCausalLM(config).eval()
 
 

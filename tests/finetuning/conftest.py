@@ -8,13 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmlab.config import ModelConfig
 from lmlab.hub.checkpoint import save_checkpoint
 from lmlab.models import Transformer
 from lmlab.tokenizers import train_bpe
+from tests.tiny import CHAT_SPECIAL_TOKENS, CHATML, tiny_decoder
 
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 COLOURS = ["red", "green", "blue", "yellow"]
 ANIMALS = ["cat", "dog", "bird", "fish"]
 
@@ -36,12 +34,9 @@ def tiny_model(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-ft")
     corpus = folder / "corpus.txt"
     corpus.write_text(" ".join(r["prompt"] + " " + r["completion"] for r in colour_records(16)) * 20, encoding="utf-8")
-    tokenizer = train_bpe([corpus], vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                          show_progress=False)
+    tokenizer = train_bpe([corpus], vocab_size=300, special_tokens=CHAT_SPECIAL_TOKENS, show_progress=False)
     tokenizer.chat_template = CHATML
-    config = ModelConfig(arch="decoder", vocab_size=tokenizer.vocab_size, d_model=32, n_layer=2, n_head=4,
-                         n_kv_head=2, d_ff=64, max_seq_len=128, pos_encoding="rotary", norm="rmsnorm",
-                         activation="swiglu", bias=False, eos_token_id=tokenizer.token_to_id("<|im_end|>"))
+    config = tiny_decoder(tokenizer.vocab_size, 128, tokenizer.token_to_id("<|im_end|>"))
     model = Transformer(config).init_weights(seed=0).eval()
     save_checkpoint(model, folder / "model", tokenizer)
     return folder / "model"

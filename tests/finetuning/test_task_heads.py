@@ -15,7 +15,7 @@ from lmlab.finetuning.datasets import Collator
 from lmlab.hub.checkpoint import export_hf, load_checkpoint
 from lmlab.tokenizers import load_tokenizer
 from lmlab.training.objectives import count_targets, loss_sum
-from tests.tiny_bert import NER_TAGS, tiny_bert
+from tests.tiny import NER_TAGS, tiny_bert
 
 CONLL = "Anna\tB-person\nlives\tO\nin\tO\nKirkjubaejarklaustur\tB-location\n\nTom\tB-person\nMiller\tI-person\nflew\tO\n"
 CONTEXT = "Anna flew from Berlin to Reykjavik with Tom Miller."

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from lmlab.generation.constrained import greedy_span
 from lmlab.hub.resolve import load_model
-from tests.tiny_lm import make_tiny_checkpoint
+from tests.tiny import make_tiny_checkpoint
 
 PROMPTS = ["Tom: hello there, how are you", "Anna: I will see you", "Bob: the meeting is at noon tomorrow, right"]
 CONTEXT = "Anna told Tom that the meeting moved to Friday at noon, so he should call Bob before then."

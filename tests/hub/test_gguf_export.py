@@ -23,7 +23,7 @@ from lmlab.hub.resolve import load_model
 from lmlab.models import Transformer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tiny_lm import CHATML, tiny_tokenizer  # noqa: E402
+from tiny import CHATML, tiny_tokenizer  # noqa: E402
 
 # Rows of 64 and 192: every matrix splits into the 32-weight blocks of q8_0 and q4_0.
 CONFIGS = {

@@ -16,7 +16,7 @@ from lmlab.models import Transformer
 from lmlab.quantization.int4 import Int4Linear
 from lmlab.quantization.quantized_linear import QuantizedEmbedding, QuantizedLinear, TiedQuantizedLinear
 from lowbit_kernels import BF16_EPS, spy_kernel
-from tiny_lm import tiny_tokenizer
+from tiny import tiny_tokenizer
 
 CONFIG = get_preset("tiny-llama").replace(d_ff=128, max_seq_len=256)  # n_head 4, n_kv_head 2, d_model 64
 Q4 = [gguf.GGMLQuantizationType.Q4_0, gguf.GGMLQuantizationType.Q4_1]

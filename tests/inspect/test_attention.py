@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import torch
-import transformers
 
 from lmlab.cli.main import main
-from lmlab.hub.convert import config_from_hf, state_dict_from_hf
 from lmlab.hub.resolve import LoadedModel
 from lmlab.inspect.attention import attention_map, format_table, plot
-from lmlab.models import Transformer
 from lmlab.tokenizers import CharTokenizer
+from tiny import hf_config, hf_pair
 
 
 def _tiny_llama():
-    torch.manual_seed(0)
-    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, attn_implementation="eager")).eval()
-    config = config_from_hf(hf.config.to_dict())
-    ours = Transformer(config).eval()
-    ours.load_state_dict(state_dict_from_hf(hf.state_dict(), config, "llama"), strict=False)
-    return hf, ours
+    return hf_pair("llama", hf_config("llama", 64, hidden_size=32, intermediate_size=48, attn_implementation="eager"))
 
 
 def test_attention_weights_match_transformers_and_are_causal(tmp_path):

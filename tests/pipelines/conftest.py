@@ -1,10 +1,10 @@
-"""Tiny BERT task models (tests/tiny_bert.py) for the pipeline tests."""
+"""Tiny BERT task models (tests/tiny.py) for the pipeline tests."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.tiny_bert import NER_TAGS, NLI_LABELS, tiny_bert
+from tests.tiny import NER_TAGS, NLI_LABELS, tiny_bert
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from lmlab.hub.resolve import load_model
 from lmlab.pipelines.registry import TASKS
 from lmlab.tokenizers import load_tokenizer
 from tests.finetuning.test_cli import error_line
-from tests.tiny_lm import make_tiny_checkpoint
+from tests.tiny import make_tiny_checkpoint
 
 FIFTEEN = {"sentiment-analysis", "text-classification", "zero-shot-classification", "text-generation",
            "text2text-generation", "translation", "summarization", "question-answering", "fill-mask", "ner",

@@ -14,7 +14,7 @@ import pytest
 import uvicorn
 
 from lmlab.serving import ServerLimits, ServeSettings, build_server, serve_in_thread
-from tiny_lm import make_tiny_checkpoint
+from tiny import make_tiny_checkpoint
 
 STARTUP_SECONDS = 120
 

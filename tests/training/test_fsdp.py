@@ -26,7 +26,7 @@ from lmlab.training.distributed import DistEnv
 from lmlab.training.fsdp import FullyShardedDataParallel, ParallelConfig
 from lmlab.training.launch import without_nproc
 from lmlab.training.pretrain import pretrain
-from tiny_lm import make_tiny_checkpoint
+from tiny import make_tiny_checkpoint
 from .strategy_runs import finetune_settings, settings
 
 TIMEOUT_S = 900
