@@ -187,3 +187,18 @@ def test_quantize_never_replaces_a_users_folder(tmp_path, monkeypatch, capsys):
     assert sorted(p.name for p in mydocs.iterdir()) == ["thesis.txt"]
     assert main(["quantize", str(model), "--out", str(model), "--overwrite", "--no-eval"]) == 1
     assert "is the model being quantized" in capsys.readouterr().err
+
+
+def test_read_json_says_in_one_line_what_is_wrong(tmp_path):
+    good = tmp_path / "run.json"
+    good.write_text(json.dumps({"format": "lmlab.training-run", "identity": {"lr": 0.1}}), encoding="utf-8")
+    assert io.read_json(good, "lmlab.training-run", "a run") == {"format": "lmlab.training-run", "identity": {"lr": 0.1}}
+    cases = {"{not json": r"bad\.json: not valid JSON \(Expecting property name .* at line 1\)",
+             "[1, 2]": r"bad\.json: expected a JSON object$",
+             '{"format": "other"}': r"bad\.json: not a run$"}
+    for text, message in cases.items():
+        (tmp_path / "bad.json").write_text(text, encoding="utf-8")
+        with pytest.raises(LmlabError, match=message):
+            io.read_json(tmp_path / "bad.json", "lmlab.training-run", "a run")
+    with pytest.raises(LmlabError, match=r"^cannot read .*missing\.json"):
+        io.read_json(tmp_path / "missing.json")

@@ -40,7 +40,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from lmlab.errors import LmlabError
+from lmlab.errors import LmlabError, first_line
 
 MARKER = ".lmlab.json"
 MARKER_FORMAT = "lmlab.output"
@@ -95,6 +95,24 @@ def write_jsonl(path: str | Path, records: Iterable[Any]) -> Path:
 def json_line(record: Any) -> str:
     """`record` as one line of JSON Lines (https://jsonlines.org), non-finite floats written as null."""
     return json.dumps(finite_json(record), ensure_ascii=False) + "\n"
+
+
+def read_json(path: str | Path, fmt: str | None = None, what: str = "") -> dict[str, Any]:
+    """A JSON file holding one object (lmlab's own files: manifests, run and sweep records, configs), or one line
+    of LmlabError: unreadable, not valid JSON, not an object, or (given `fmt`) not {"format": fmt, ...}, in
+    which case the message says the file is not `what`."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise LmlabError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise LmlabError(f"cannot read {path} ({first_line(err)})") from None
+    if not isinstance(data, dict):
+        raise LmlabError(f"{path}: expected a JSON object")
+    if fmt is not None and data.get("format") != fmt:
+        raise LmlabError(f"{path}: not {what}")
+    return data
 
 
 def finite_json(value: Any) -> Any:

@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lmlab.errors import LmlabError
+from lmlab.io import read_json
 
 MANIFEST = "manifest.json"
 FORMAT = "lmlab.packed-tokens"
@@ -145,12 +146,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise LmlabError(f"{path}: not a prepared dataset (no {MANIFEST}); make one with `lmlab data prepare`")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise LmlabError(f"{manifest_path}: unreadable manifest ({err})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise LmlabError(f"{manifest_path}: not an lmlab packed-token manifest")
+    manifest = read_json(manifest_path, FORMAT, "an lmlab packed-token manifest")
     if manifest.get("version") != VERSION:
         version = manifest.get("version")
         raise LmlabError(f"{manifest_path}: format version {version}, this lmlab reads version {VERSION}")

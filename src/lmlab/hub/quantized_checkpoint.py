@@ -34,7 +34,7 @@ import torch
 from lmlab.config import ModelConfig
 from lmlab.errors import LmlabError, did_you_mean
 from lmlab.hub.checkpoint import LMLAB_CONFIG, WEIGHTS, load_checkpoint, write_checkpoint
-from lmlab.io import MODEL_KIND, read_safetensors, replace_folder, save_safetensors, write_json
+from lmlab.io import MODEL_KIND, read_json, read_safetensors, replace_folder, save_safetensors, write_json
 from lmlab.models import Transformer
 from lmlab.quantization.int4 import Int4Linear, Int4Spec
 from lmlab.quantization.quantized_linear import (INT8_CHANNEL, Int8Matrix, QuantizedEmbedding, QuantizedLinear,
@@ -128,15 +128,7 @@ def save_quantized(model: Transformer, out: Path, tokenizer: TokenizerProtocol |
 
 def read_quantization_config(folder: Path) -> QuantizationConfig:
     path = Path(folder) / QUANTIZATION_CONFIG
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise LmlabError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
-    except OSError as err:
-        raise LmlabError(f"cannot read {path} ({err.strerror})") from None
-    if not isinstance(data, dict):
-        raise LmlabError(f"{path}: expected a JSON object")
-    return QuantizationConfig.from_dict(data, str(path))
+    return QuantizationConfig.from_dict(read_json(path), str(path))
 
 
 def load_quantized(folder: Path, dtype: torch.dtype = torch.float32,

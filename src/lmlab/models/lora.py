@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from lmlab.errors import LmlabError, did_you_mean
-from lmlab.io import read_safetensors, replace_folder, save_safetensors, write_json
+from lmlab.io import read_json, read_safetensors, replace_folder, save_safetensors, write_json
 
 ALIASES = {
     "q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj",
@@ -269,12 +269,7 @@ class AdapterConfig:
         path = Path(folder) / ADAPTER_CONFIG
         if not path.is_file():
             raise LmlabError(f"{folder} is not a LoRA adapter folder (no {ADAPTER_CONFIG})")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise LmlabError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
-        if not isinstance(data, dict) or data.get("format") != ADAPTER_FORMAT:
-            raise LmlabError(f"{path}: not an lmlab LoRA adapter")
+        data = read_json(path, ADAPTER_FORMAT, "an lmlab LoRA adapter")
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 

@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 
 from lmlab.config import ModelConfig, get_preset
 from lmlab.errors import LmlabError
-from lmlab.io import write_json, write_jsonl, write_marker
+from lmlab.io import read_json, write_json, write_jsonl, write_marker
 from lmlab.planning.params import count_parameters
 from lmlab.planning.units import format_count, require_positive, scientific
 
@@ -281,12 +281,7 @@ def _open_sweep(settings: SweepSettings) -> list[RunRecord]:
     sweep_file = out / SWEEP_FILE
     identity = settings.identity()
     if sweep_file.is_file():
-        try:
-            saved = json.loads(sweep_file.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise LmlabError(f"{sweep_file}: unreadable ({err})") from None
-        if saved.get("format") != SWEEP_FORMAT:
-            raise LmlabError(f"{sweep_file}: not an lmlab scaling sweep")
+        saved = read_json(sweep_file, SWEEP_FORMAT, "an lmlab scaling sweep")
         changed = sorted(k for k in saved["identity"].keys() | identity.keys()
                          if saved["identity"].get(k) != identity.get(k))
         if changed:

@@ -3,12 +3,9 @@ and the names of the files a tokenizer is saved in."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
-
-from lmlab.errors import LmlabError, first_line
 
 TOKENIZER_FILE = "tokenizer.json"
 LMLAB_TOKENIZER_FILE = "lmlab_tokenizer.json"
@@ -70,14 +67,3 @@ class TokenizerProtocol(Protocol):
     def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str: ...
 
     def save(self, folder: Path) -> None: ...
-
-
-def read_json_object(path: Path) -> dict:
-    """A JSON file holding one object (a tokenizer's own files), or one line of LmlabError."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise LmlabError(f"cannot read {path} as JSON: {first_line(err)}") from None
-    if not isinstance(data, dict):
-        raise LmlabError(f"{path} does not hold a JSON object")
-    return data

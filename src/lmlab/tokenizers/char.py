@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmlab.errors import LmlabError
-from lmlab.io import write_text
-from lmlab.tokenizers.base import CHAR_TOKENIZER_FILE, read_json_object
+from lmlab.io import read_json, write_text
+from lmlab.tokenizers.base import CHAR_TOKENIZER_FILE
 from lmlab.tokenizers.chat_template import render_chat_template
 
 
@@ -39,7 +39,7 @@ class CharTokenizer:
 
     @classmethod
     def load(cls, path: Path) -> CharTokenizer:
-        data = read_json_object(path)
+        data = read_json(path)
         chars = data.get("chars")
         if data.get("kind") != "char" or not isinstance(chars, list) or not all(isinstance(c, str) for c in chars):
             raise LmlabError(f"{path} is not a character-level tokenizer file")

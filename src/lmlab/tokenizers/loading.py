@@ -8,9 +8,9 @@ from pathlib import Path
 import tokenizers
 
 from lmlab.errors import LmlabError, first_line
-from lmlab.io import replace_folder
+from lmlab.io import read_json, replace_folder
 from lmlab.tokenizers.base import (CHAR_TOKENIZER_FILE, HF_CONFIG_FILE, LMLAB_TOKENIZER_FILE, ROLES, TOKENIZER_FILE,
-                                   TOKENIZER_KIND, TokenizerProtocol, read_json_object)
+                                   TOKENIZER_KIND, TokenizerProtocol)
 from lmlab.tokenizers.char import CharTokenizer
 from lmlab.tokenizers.from_gguf import tokenizer_from_gguf
 from lmlab.tokenizers.huggingface import Tokenizer
@@ -48,11 +48,11 @@ def _load_tokenizer_folder(folder: Path) -> Tokenizer:
     backend = _read_backend(folder / TOKENIZER_FILE)
     own = folder / LMLAB_TOKENIZER_FILE
     if own.is_file():
-        data = read_json_object(own)
+        data = read_json(own)
         return Tokenizer(backend, dict(data.get("special_tokens") or {}), data.get("chat_template"))
-    config = read_json_object(folder / HF_CONFIG_FILE) if (folder / HF_CONFIG_FILE).is_file() else {}
+    config = read_json(folder / HF_CONFIG_FILE) if (folder / HF_CONFIG_FILE).is_file() else {}
     special_map_file = folder / "special_tokens_map.json"
-    special_map = read_json_object(special_map_file) if special_map_file.is_file() else {}
+    special_map = read_json(special_map_file) if special_map_file.is_file() else {}
     special_tokens = {}
     for role in ROLES:
         token = config.get(f"{role}_token") or special_map.get(f"{role}_token")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lmlab.errors import LmlabError
-from lmlab.io import MARKER, TEMP_TAG, clean_leftovers, read_marker, write_json, write_marker
+from lmlab.io import MARKER, TEMP_TAG, clean_leftovers, read_json, read_marker, write_json, write_marker
 from lmlab.training.checkpoint import STATE_FILE
 from lmlab.training.run_lock import RunLock, is_lock_file, lock_run
 
@@ -126,13 +126,7 @@ def _check_run_folder(out: Path, identity: dict[str, Any], resume: bool) -> bool
     if resume and not occupied:
         raise LmlabError(f"nothing to resume: {out} holds no training run")
     if occupied:
-        try:
-            saved = json.loads(run_file.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise LmlabError(f"{run_file}: unreadable ({err})") from None
-        if not isinstance(saved, dict) or saved.get("format") != RUN_FORMAT:
-            raise LmlabError(f"{run_file}: not an lmlab training run")
-        old = saved.get("identity", {})
+        old = read_json(run_file, RUN_FORMAT, "an lmlab training run").get("identity", {})
         current = json.loads(json.dumps(identity))  # compare as JSON would store it
         if old != current:
             changed = sorted(k for k in old.keys() | current.keys() if old.get(k) != current.get(k))
