@@ -120,6 +120,15 @@ def _config_from_hf(hf: dict[str, Any], head: str | None) -> ModelConfig:
     ).validate()
 
 
+def _decoder_head_names(c: ModelConfig) -> list[tuple[str, str]]:
+    """The head of a transformers decoder (Llama, GPT-2): an untied lm_head, or a sequence classifier's score."""
+    if c.head == "lm" and not c.tie_embeddings:
+        return [("lm_head.weight", "head.proj.weight")]
+    if c.head == "sequence-classification":
+        return [("score.weight", "head.classifier.weight")]
+    return []
+
+
 def _llama_names(c: ModelConfig) -> list[tuple[str, str]]:
     names = [("model.embed_tokens.weight", "tok_emb.weight"), ("model.norm.weight", "decoder.final_norm.weight")]
     layer = {
@@ -132,11 +141,7 @@ def _llama_names(c: ModelConfig) -> list[tuple[str, str]]:
         for hf, ours in layer.items():
             kinds = ["weight"] if "norm" in hf or hf.startswith("mlp") else params
             names += [(f"model.layers.{i}.{hf}.{p}", f"decoder.layers.{i}.{ours}.{p}") for p in kinds]
-    if c.head == "lm" and not c.tie_embeddings:
-        names.append(("lm_head.weight", "head.proj.weight"))
-    if c.head == "sequence-classification":
-        names.append(("score.weight", "head.classifier.weight"))
-    return names
+    return names + _decoder_head_names(c)
 
 
 def _gpt2_names(c: ModelConfig) -> list[tuple[str, str]]:
@@ -149,11 +154,7 @@ def _gpt2_names(c: ModelConfig) -> list[tuple[str, str]]:
             names += [(f"transformer.h.{i}.{hf}.{p}", f"decoder.layers.{i}.{ours}.{p}") for p in ("weight", "bias")]
         split_qkv = [f"decoder.layers.{i}.attn.{x}_proj.{p}" for x in "qkv" for p in ("weight", "bias")]
         names += [(name, name) for name in split_qkv]
-    if c.head == "lm" and not c.tie_embeddings:
-        names.append(("lm_head.weight", "head.proj.weight"))
-    if c.head == "sequence-classification":
-        names.append(("score.weight", "head.classifier.weight"))
-    return names
+    return names + _decoder_head_names(c)
 
 
 def _bert_names(c: ModelConfig) -> list[tuple[str, str]]:
