@@ -6,8 +6,8 @@ makes, each best run in a process of its own (`--parts`) so its peak memory is i
 1. reward: a reward model (`lmlab finetune --task reward`, LoRA): pairwise accuracy and margin on the held-out
    pairs (the issue asks >= 0.60);
 2. dpo: DPO (`lmlab align --method dpo`, LoRA): implicit-reward accuracy on the held-out pairs (>= 0.60), then
-   the base and the aligned model answer held-out prompts (greedy) and the reward model of part 1 scores
-   both: mean reward and win rate of the aligned model;
+   the base and the aligned model answer held-out prompts (sampled, same seeds) and the reward model of part 1
+   scores both: mean reward and win rate of the aligned model, and its KL to the base;
 3. ppo: RLHF with PPO (`lmlab align --method ppo`, LoRA) against the reward model of part 1, on prompts of the
    held-out pairs: the mean reward of sampled answers to other held-out prompts before and after, and the
    KL to the base model against its target.
@@ -15,9 +15,12 @@ makes, each best run in a process of its own (`--parts`) so its peak memory is i
 Each part adds its scores, wall time and resident peak memory to OUT/report.json; the curves are
 OUT/reward/loss.png, OUT/dpo/loss.png and OUT/ppo/ppo.png. Sizes are bounded by the options.
 
-    nice -n 19 python benchmarks/align_hh.py --parts reward --out runs/align_hh
-    nice -n 19 python benchmarks/align_hh.py --parts dpo --out runs/align_hh
-    nice -n 19 python benchmarks/align_hh.py --parts ppo --out runs/align_hh
+    OMP_NUM_THREADS=1 nice -n 19 python benchmarks/align_hh.py --parts reward --out runs/align_hh
+    OMP_NUM_THREADS=1 nice -n 19 python benchmarks/align_hh.py --parts dpo --out runs/align_hh
+    OMP_NUM_THREADS=1 nice -n 19 python benchmarks/align_hh.py --parts ppo --out runs/align_hh
+
+(One thread a process on a loaded machine: two OpenMP threads that wait for each other took 3.4x the wall
+time of one for the same forward pass at a load of ~10.)
 """
 
 from __future__ import annotations
