@@ -38,7 +38,7 @@ from lmlab.alignment.preferences import load_preferences
 from lmlab.alignment.reward import score_pairs
 from lmlab.alignment.rlhf import (PPOSettings, align_ppo, closing_tokens, encode_prompts, read_prompts,
                                   score_rollouts)
-from lmlab.finetuning.datasets import DataFormat
+from lmlab.data.finetune_data import DataFormat
 from lmlab.finetuning.recipe import FinetuneResult, FinetuneSettings, finetune
 from lmlab.hub.checkpoint import load_checkpoint
 from lmlab.hub.resolve import load_model

@@ -59,7 +59,7 @@ def tensor_peak(model_name: str, train: Path, method: str, batch_size: int, max_
     longest training examples, as `lmlab finetune` sets the run up."""
     import torch
 
-    from lmlab.finetuning.datasets import Collator, DataFormat, load_data
+    from lmlab.data.finetune_data import Collator, DataFormat, load_data
     from lmlab.generation.incremental import padding_id
     from lmlab.hub.resolve import load_model
     from lmlab.models.lora import apply_lora

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from lmlab.data.corpus import default_documents
-from lmlab.finetuning.datasets import DataFormat
+from lmlab.data.finetune_data import DataFormat
 from lmlab.finetuning.recipe import FinetuneSettings, finetune
 from lmlab.generation import GenerationConfig, generate
 from lmlab.hub.export import export_model, load_for_export

@@ -15,7 +15,7 @@ from lmlab.cli.main import build_parser
 from lmlab.alignment.rlhf import PPOSettings
 from lmlab.data.cleaning import QualityRules
 from lmlab.data.pipeline import PrepareSettings
-from lmlab.finetuning.datasets import DataFormat
+from lmlab.data.finetune_data import DataFormat
 from lmlab.finetuning.recipe import FinetuneSettings
 from lmlab.generation.sampling import GenerationConfig
 from lmlab.hub.quantize import quantize_checkpoint

@@ -10,9 +10,6 @@ import lmlab
 
 SRC = Path(lmlab.__file__).parent
 CORE_MAY_IMPORT = {"config", "errors", "io", "models"}
-# The fine-tuning recipe runs the reward and DPO objectives (lmlab.alignment), which read their data with
-# the fine-tuning data format: a cycle left to the alignment work (test_known_cycles_remain says when it is gone).
-KNOWN_CYCLES = {frozenset({"finetuning", "alignment"})}
 
 
 def lmlab_imports(path: Path, src: Path = SRC) -> set[str]:
@@ -86,11 +83,7 @@ def test_cycles_found_by_hand():
 
 
 def test_imports_between_packages_have_no_cycle():
-    assert cycles(package_graph()) - KNOWN_CYCLES == set()
-
-
-def test_known_cycles_remain():
-    assert KNOWN_CYCLES <= cycles(package_graph()), "a known cycle is gone: remove it from KNOWN_CYCLES"
+    assert cycles(package_graph()) == set()
 
 
 def test_imports_inside_functions_and_from_lmlab_count(tmp_path):

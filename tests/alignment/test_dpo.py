@@ -13,7 +13,7 @@ import transformers
 from lmlab.alignment.dpo import cache_reference_logps, dpo_loss_sum, score_dpo
 from lmlab.alignment.preferences import PairCollator, count_pairs, load_preferences
 from lmlab.cli.main import main
-from lmlab.finetuning.datasets import DataFormat
+from lmlab.data.finetune_data import DataFormat
 from lmlab.hub.checkpoint import export_hf, load_checkpoint
 from lmlab.hub.convert import guess_family, state_dict_to_hf
 from lmlab.models import Transformer

@@ -6,7 +6,7 @@ import pytest
 
 from lmlab.alignment.preferences import PairCollator, load_preferences, split_conversations
 from lmlab.errors import LmlabError
-from lmlab.finetuning.datasets import DataFormat
+from lmlab.data.finetune_data import DataFormat
 from lmlab.tokenizers import load_tokenizer
 from tests.alignment.conftest import colour_pairs, hh, write_jsonl
 

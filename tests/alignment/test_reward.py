@@ -11,7 +11,7 @@ import torch
 from lmlab.alignment.preferences import PairCollator, count_pairs, load_preferences
 from lmlab.alignment.reward import is_reward_model, reward_loss_sum, score_pairs
 from lmlab.cli.main import main
-from lmlab.finetuning.datasets import DataFormat
+from lmlab.data.finetune_data import DataFormat
 from lmlab.models.heads import attach_head
 from lmlab.hub.checkpoint import load_checkpoint
 from lmlab.tokenizers import load_tokenizer

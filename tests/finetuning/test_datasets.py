@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lmlab.errors import LmlabError
-from lmlab.finetuning.datasets import Collator, DataFormat, load_data, pack, split_indices
+from lmlab.data.finetune_data import Collator, DataFormat, load_data, pack, split_indices
 from lmlab.generation.chat import chat_ids
 from lmlab.hub.resolve import load_model
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import transformers
 
-from lmlab.finetuning.datasets import Collator, DataFormat, Example, load_data
+from lmlab.data.finetune_data import Collator, DataFormat, Example, load_data
 from lmlab.finetuning.evaluate import validation_loss
 from lmlab.finetuning.prepare import enable_gradient_checkpointing, plan_memory
 from lmlab.finetuning.recipe import EarlyStopping, FinetuneSettings, finetune

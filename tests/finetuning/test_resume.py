@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from lmlab.cli.main import main
 from lmlab.errors import LmlabError
 from lmlab.finetuning import recipe
-from lmlab.finetuning.datasets import DataFormat
+from lmlab.data.finetune_data import DataFormat
 from lmlab.finetuning.recipe import FinetuneSettings, finetune
 
 from .conftest import colour_records, write_jsonl

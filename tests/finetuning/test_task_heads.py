@@ -11,7 +11,7 @@ import transformers
 
 import lmlab
 from lmlab.finetuning import DataFormat, FinetuneSettings, finetune, load_data
-from lmlab.finetuning.datasets import Collator
+from lmlab.data.finetune_data import Collator
 from lmlab.hub.checkpoint import export_hf, load_checkpoint
 from lmlab.tokenizers import load_tokenizer
 from lmlab.training.objectives import count_targets, loss_sum

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from lmlab.finetuning.datasets import DataFormat
+from lmlab.data.finetune_data import DataFormat
 from lmlab.finetuning.recipe import FinetuneSettings, finetune
 from lmlab.training.distributed import process_group
 from lmlab.training.fsdp import ParallelConfig

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from lmlab.errors import LmlabError
-from lmlab.finetuning.datasets import IGNORE_INDEX, DataFormat, _check_messages, _pad, _Records, split_indices
+from lmlab.data.finetune_data import IGNORE_INDEX, DataFormat, _check_messages, _pad, _Records, split_indices
 
 CHOSEN, REJECTED = "chosen", "rejected"
 HH_TURN = re.compile(r"\n\n(Human|Assistant): ?")

@@ -31,7 +31,7 @@ from torch import nn
 from lmlab.alignment.preferences import PairCollator, PreferencePair, pair_batches
 from lmlab.config import ModelConfig
 from lmlab.errors import LmlabError
-from lmlab.finetuning.datasets import _pad
+from lmlab.data.finetune_data import _pad
 
 REWARD_LABEL = "reward"
 

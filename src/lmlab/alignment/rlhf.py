@@ -58,12 +58,12 @@ from lmlab.alignment.dpo import check_policy
 from lmlab.alignment.ppo import AdaptiveKL, clipped_policy_loss, clipped_value_loss, gae, kl_penalized_rewards, masked_mean
 from lmlab.alignment.preferences import CHOSEN, REJECTED, PairEncoder, Prompt, split_conversations
 from lmlab.alignment.reward import check_reward_model, is_reward_model
+from lmlab.data.finetune_data import _check_messages, _pad, _Records
 from lmlab.errors import LmlabError
-from lmlab.finetuning.datasets import _check_messages, _pad, _Records
-from lmlab.finetuning.recipe import _base_reference
 from lmlab.generation import GenerationConfig, generate
 from lmlab.generation.incremental import end_of_sequence_ids, padding_id
 from lmlab.hub.checkpoint import save_checkpoint
+from lmlab.hub.adapters import base_reference
 from lmlab.hub.resolve import load_model
 from lmlab.io import json_line, replace_folder, save_figure, save_safetensors, write_json
 from lmlab.models.lora import adapters_disabled, apply_lora, count_parameters, merge_lora, save_adapter
@@ -482,7 +482,7 @@ def align_ppo(s: PPOSettings) -> PPOResult:
         bar.close()
         train_seconds = time.perf_counter() - train_start
         plot_ppo(history, run.path / PLOT_FILE, s.target_kl)
-        adapter_dir = save_adapter(m.policy, run.path / "adapter", _base_reference(s.model), report, overwrite=True)
+        adapter_dir = save_adapter(m.policy, run.path / "adapter", base_reference(s.model), report, overwrite=True)
         value_head_dir = save_value_head(m.value_head, run.path / "value_head", s.value or s.reward)
         model_dir = save_checkpoint(merge_lora(m.policy), run.path / "model", m.tokenizer, overwrite=True)
         result = PPOResult(run.path, model_dir, adapter_dir, value_head_dir, steps, history, controller.coef,

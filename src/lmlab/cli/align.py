@@ -12,7 +12,7 @@ from lmlab.alignment.rlhf import DEFAULT_LR as PPO_LR
 from lmlab.alignment.rlhf import PPOSettings, align_ppo
 from lmlab.cli.options import Applies, check_applies
 from lmlab.errors import LmlabError
-from lmlab.finetuning.datasets import DataFormat
+from lmlab.data.finetune_data import DataFormat
 from lmlab.finetuning.recipe import FinetuneSettings, finetune
 from lmlab.hub.resolve import DEFAULT_MODEL
 from lmlab.training.trainer import DTYPES

@@ -11,7 +11,7 @@ from lmlab.cli.generate import unescape
 from lmlab.cli.options import Applies, check_applies, field_default
 from lmlab.cli.parallel import add_parallel_options, errors_said_by_rank_zero, parallel_config
 from lmlab.cli.runs import add_logger_argument
-from lmlab.finetuning.datasets import TASKS, DataFormat
+from lmlab.data.finetune_data import TASKS, DataFormat
 from lmlab.finetuning.evaluate import METRICS
 from lmlab.finetuning.recipe import DEFAULT_LR, METHODS, FinetuneSettings, finetune
 from lmlab.hub.resolve import DEFAULT_MODEL

@@ -1,4 +1,4 @@
-"""Pre-training data: read, clean, deduplicate, tokenize and pack a corpus; mix domains; build objective batches.
+"""Data: read, clean, deduplicate, tokenize and pack a corpus; mix domains; build objective batches.
 
 - :mod:`~lmlab.data.readers`: documents from .txt/.jsonl/.json/.csv/.parquet files and folders.
 - :mod:`~lmlab.data.cleaning`: normalization, Gopher quality rules, exact and MinHash near-dedup.
@@ -7,6 +7,8 @@
 - :mod:`~lmlab.data.mixture`: weighted sampling across prepared datasets (`--mix a=0.51,b=0.49`).
 - :mod:`~lmlab.data.collators`: causal LM, masked LM (BERT) and span corruption (T5) batches.
 - :mod:`~lmlab.data.corpus`: the corpus lmlab ships, written by a seeded grammar.
+- :mod:`~lmlab.data.finetune_data`: the labelled, chat and preference sets fine-tuning and alignment read;
+  :mod:`~lmlab.data.task_files` reads the task formats (label lines, CoNLL, SQuAD).
 """
 
 from lmlab.data.collators import CausalLMCollator, MaskedLMCollator, SpanCorruptionCollator

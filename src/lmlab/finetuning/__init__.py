@@ -1,10 +1,11 @@
 """Fine-tuning: full and LoRA, for generation (prompt-completion and chat data) and classification.
 
-datasets.py reads and tokenizes the data, prepare.py readies the model (gradient
-checkpointing, memory plan), evaluate.py scores it, recipe.py runs the whole procedure.
+lmlab.data.finetune_data reads and tokenizes the data (alignment reads its preference pairs
+with it too), prepare.py readies the model (gradient checkpointing, memory plan),
+evaluate.py scores it, recipe.py runs the whole procedure.
 """
 
-from lmlab.finetuning.datasets import DataFormat, FinetuneData, load_data
+from lmlab.data.finetune_data import DataFormat, FinetuneData, load_data
 from lmlab.finetuning.recipe import FinetuneResult, FinetuneSettings, finetune
 from lmlab.hub.adapters import load_adapted_model
 

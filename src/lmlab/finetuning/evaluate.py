@@ -23,10 +23,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lmlab.alignment.dpo import score_dpo
+from lmlab.alignment.reward import score_pairs
+from lmlab.data.finetune_data import Collator, Example
 from lmlab.errors import LmlabError
 from lmlab.evaluation.harness import PromptedModel
 from lmlab.evaluation.metrics import accuracy, f1, rouge
-from lmlab.finetuning.datasets import Collator, Example
 from lmlab.generation import GenerationConfig
 from lmlab.tokenizers.base import TokenizerProtocol
 from lmlab.training.objectives import count_targets, loss_sum
@@ -127,12 +129,8 @@ def score(model: nn.Module, tokenizer: TokenizerProtocol, examples: Sequence[Exa
     first `sample` examples. Preference pairs (reward, dpo) are all scored: loss, pairwise accuracy, margin
     (`lmlab.alignment`; `beta` is DPO's)."""
     if task == "reward":
-        from lmlab.alignment.reward import score_pairs  # (lmlab.alignment reads data with lmlab.finetuning)
-
         return Scores(score_pairs(model, examples, collator.pad_id, batch_size, dtype).values())
     if task == "dpo":
-        from lmlab.alignment.dpo import score_dpo
-
         return Scores(score_dpo(model, examples, collator.pad_id, beta, batch_size, dtype).values())
     values = {"val_loss": validation_loss(model, examples, collator, batch_size, dtype)} if with_loss else {}
     chosen = list(examples[:sample] if sample else examples)

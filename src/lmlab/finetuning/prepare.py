@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from lmlab.config import ModelConfig
-from lmlab.finetuning.datasets import Collator, Example
+from lmlab.data.finetune_data import Collator, Example
 from lmlab.models import Transformer
 from lmlab.planning.measure import saved_tensor_bytes
 from lmlab.planning.memory import activation_term

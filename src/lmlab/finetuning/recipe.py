@@ -4,7 +4,7 @@ The course's workflow (choose a model; prepare and tokenize the data; set the
 training arguments; train; evaluate; save and share), in the order `finetune` runs it:
 
 1. load the pre-trained model and its tokenizer (any reference `load_model` takes);
-2. read, check, split and tokenize the data (`lmlab.finetuning.datasets`);
+2. read, check, split and tokenize the data (`lmlab.data.finetune_data`);
 3. classification: replace the language-modelling head with a new classification head;
 4. choose what trains: every weight (full fine-tuning) or low-rank adapters on
    a frozen model (LoRA, Hu et al. 2021: `lmlab.models.lora`), and print the
@@ -35,14 +35,18 @@ from typing import Any
 
 import torch
 
+from lmlab.alignment.dpo import cache_reference_logps, check_policy, dpo_loss_sum
+from lmlab.alignment.preferences import PairCollator, count_pairs, load_preferences
+from lmlab.alignment.reward import REWARD_LABEL, reward_loss_sum
 from lmlab.config import ModelConfig
+from lmlab.data.finetune_data import PREFERENCE_TASKS, Collator, DataFormat, FinetuneData, load_data
 from lmlab.errors import LmlabError
-from lmlab.finetuning.datasets import PREFERENCE_TASKS, Collator, DataFormat, FinetuneData, load_data
 from lmlab.finetuning.evaluate import HEADLINE, Scores, check_metric, higher_is_better, score
 from lmlab.finetuning.prepare import MemoryPlan, enable_gradient_checkpointing, plan_memory
 from lmlab.hub.checkpoint import save_checkpoint
 from lmlab.hub.model_card import CardFacts, EvalResult, run_card_facts, write_model_card
 from lmlab.generation.incremental import padding_id
+from lmlab.hub.adapters import base_reference
 from lmlab.hub.resolve import load_model
 from lmlab.io import remove_folder, write_json
 from lmlab.planning.limits import check_fits
@@ -162,8 +166,6 @@ def check_task_fits(task: str, config: ModelConfig, name: str) -> None:
     (BERT-like) reads its whole input at once and can only learn to classify it. DPO trains a language model,
     not a reward model."""
     if task == "dpo":
-        from lmlab.alignment.dpo import check_policy  # (lmlab.alignment reads data with lmlab.finetuning)
-
         check_policy(config, name)
     if task == "generation" and (not config.has_decoder or config.head != "lm"):
         kind = "an encoder (BERT-like) model" if not config.has_decoder else f"a model with a {config.head} head"
@@ -238,9 +240,6 @@ def _identity(s: FinetuneSettings, train: TrainConfig) -> dict[str, Any]:
 
 def finetune(s: FinetuneSettings, env: DistEnv | None = None) -> FinetuneResult:
     """Fine-tune as `s` says; see the module docstring for the steps."""
-    from lmlab.alignment.dpo import cache_reference_logps, dpo_loss_sum
-    from lmlab.alignment.preferences import PairCollator, count_pairs, load_preferences
-    from lmlab.alignment.reward import REWARD_LABEL, reward_loss_sum
 
     start = time.perf_counter()
     memory = PeakMemory()  # the process's resident memory before the model is loaded, and its peak after
@@ -351,7 +350,7 @@ def finetune(s: FinetuneSettings, env: DistEnv | None = None) -> FinetuneResult:
         model = trainer.strategy.whole_model(model)  # ZeRO-2/3: gathered from the shards, on rank 0
         if env.is_main:
             if report is not None:
-                adapter_dir = save_adapter(model, run.path / "adapter", _base_reference(s.model), report, trainable,
+                adapter_dir = save_adapter(model, run.path / "adapter", base_reference(s.model), report, trainable,
                                            overwrite=True)
             if s.save_adapter_only:
                 remove_folder(model_dir)
@@ -391,12 +390,6 @@ def _card_facts(s: FinetuneSettings, model: torch.nn.Module, n_total: int, train
     tokens = trained.history[-1].get("tokens") if trained.history else trained.tokens
     return run_card_facts(Path(s.out).name, model.config, n_total, method, hyper, trained.steps, tokens, wall_seconds,
                           [data], results, base_model=s.model, world_size=env.world_size)
-
-
-def _base_reference(model: str) -> str:
-    """The base model as the adapter should name it: an absolute path for files and folders."""
-    path = Path(model).expanduser()
-    return str(path.resolve()) if path.exists() else model
 
 
 __all__ = ["FinetuneResult", "FinetuneSettings", "MemoryPlan", "finetune"]

@@ -12,6 +12,12 @@ from lmlab.models.heads import TASK_HEADS, attach_head
 from lmlab.models.lora import AdapterConfig, LoRAReport, load_adapter
 
 
+def base_reference(model: str) -> str:
+    """The base model as an adapter should name it: an absolute path for files and folders, else the name."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.exists() else model
+
+
 def load_adapted_model(adapter_folder: str | Path, dtype: torch.dtype = torch.float32) -> tuple[LoadedModel,
                                                                                                  LoRAReport]:
     """The base model an adapter folder names, with the adapter on it (and its classification head)."""

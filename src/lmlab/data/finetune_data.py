@@ -40,18 +40,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from lmlab.data.collators import IGNORE_INDEX
+from lmlab.data.task_files import (answer_span, encode_pair, is_squad, read_conll, read_label_lines, read_squad,
+                                   word_tags)
 from lmlab.errors import LmlabError
 from lmlab.prompting import PromptTemplate, build_prompt, template_fields
 from lmlab.records import read_records
-from lmlab.finetuning.task_data import (answer_span, encode_pair, is_squad, read_conll, read_label_lines, read_squad,
-                                        word_tags)
 from lmlab.tokenizers.base import TokenizerProtocol
 
 TASKS = ("generation", "classification", "pair-classification", "token-classification", "question-answering",
          "reward", "dpo")
 PREFERENCE_TASKS = ("reward", "dpo")  # preference pairs: lmlab.alignment.preferences
 LABELLED = ("classification", "pair-classification", "token-classification")  # tasks whose labels have names
-IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant")
 MIN_INPUT_TOKENS = 4  # a cut prompt keeps room for a few tokens of its input and the "..." mark
 
