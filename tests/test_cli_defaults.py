@@ -19,6 +19,7 @@ from lmlab.data.finetune_data import DataFormat
 from lmlab.finetuning.recipe import FinetuneSettings
 from lmlab.generation.sampling import GenerationConfig
 from lmlab.hub.quantize import quantize_checkpoint
+from lmlab.icl import IclConfig
 from lmlab.quantization.schemes import QuantSpec
 from lmlab.scaling.fit import fit_sweep
 from lmlab.scaling.sweep import SweepSettings
@@ -39,14 +40,17 @@ FILLS = {  # command: the dataclasses (or the function) its options fill
     "serve": (ServeSettings, ServerLimits),
     "scaling sweep": (SweepSettings,),
     "scaling fit": (fit_sweep,),
+    "icl": (IclConfig, IclConfig().generation, IclConfig().template),  # the lab's own generation and template
 }
 RENAMED = {"near_dup_threshold": "near_dedup_threshold", "weights": "method", "val": "validation",
            "val_fraction": "validation_fraction", "grad_checkpointing": "gradient_checkpointing",
            "cors_origin": "cors_origins"}  # option dest: field
 NEGATED = {"no_progress": "progress", "skip_embeddings": "include_embeddings", "no_eval": "evaluate"}
 OTHER_MEANING = {"align": {"method"}}  # align's --method is dpo/ppo, not FinetuneSettings.method (that is --weights)
-CONVERTED = {"overrides", "data", "budgets"}  # --set FIELD=VALUE strings become a dict; no --data is the empty
-# list; --budgets is parsed from "C,C,..." (None: DEFAULT_BUDGETS)
+CONVERTED = {"overrides", "data", "budgets", "shots", "stop", "target_field", "template"}  # --set FIELD=VALUE
+# strings become a dict; no --data is the empty list; --budgets and --shots are parsed from "C,C,..." (None:
+# DEFAULT_BUDGETS); icl's --stop None is one line, --target-field repeats (None: IclConfig's), --template is the
+# text of a PromptTemplate, not one
 LEFT_UNSAID = {"quantize": {"scheme", "granularity", "group_size"}}  # None: the dataclass's default (int8's
 # QuantSpec or int4's Int4Spec), so that int8 options given with --dtype int4 are refused
 
@@ -62,6 +66,9 @@ def subparser(path: str) -> argparse.ArgumentParser:
 def defaults_of(owners: tuple[object, ...]) -> dict[str, object]:
     out = {}
     for owner in reversed(owners):  # the first one named wins a name both have
+        if dataclasses.is_dataclass(owner) and not isinstance(owner, type):  # an instance: its values
+            out |= {field.name: getattr(owner, field.name) for field in dataclasses.fields(owner)}
+            continue
         if not dataclasses.is_dataclass(owner):
             out |= {name: p.default for name, p in inspect.signature(owner).parameters.items()
                     if p.default is not inspect.Parameter.empty}

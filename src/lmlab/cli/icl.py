@@ -24,6 +24,7 @@ from lmlab.resources import resource_path
 # DialogSum (benchmarks/icl_dialogsum.py): the instruction in the user turn, before the dialogue, one line.
 DEFAULT_TEMPLATE = "Summarize the following conversation.\n\n{dialogue}"
 DEFAULT_STOP = "\n"
+ICL = IclConfig()  # the lab's defaults, written once (in the dataclasses)
 
 EXAMPLES = """\
 examples:
@@ -61,18 +62,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--data", type=Path, metavar="FILE",
                       help="records to summarize: .jsonl, .json or .csv (default: the 40 dialogues shipped with "
                            "lmlab, in the DialogSum format)")
-    data.add_argument("--input-field", default="dialogue", metavar="NAME",
+    data.add_argument("--input-field", default=ICL.template.input_field, metavar="NAME",
                       help="the field holding the text to work on (default: %(default)s)")
     data.add_argument("--target-field", action="append", metavar="NAME",
                       help="the field holding the reference answer; repeat it for several references, of which "
-                           "the best-matching one counts (default: summary)")
-    data.add_argument("--id-field", default="id", metavar="NAME",
+                           f"the best-matching one counts (default: {', '.join(ICL.target_fields)})")
+    data.add_argument("--id-field", default=ICL.id_field, metavar="NAME",
                       help="the field naming each record in predictions.jsonl; records without it are numbered "
                            "(default: %(default)s; DialogSum files use fname)")
-    data.add_argument("--n", type=int, default=10, metavar="N",
+    data.add_argument("--n", type=int, default=ICL.n, metavar="N",
                       help="answer the first N records (default: %(default)s)")
     prompt = parser.add_argument_group("prompt")
-    prompt.add_argument("--instruction", default="", metavar="TEXT",
+    prompt.add_argument("--instruction", default=ICL.template.instruction, metavar="TEXT",
                         help="text written once before the examples and the query (the system message with "
                              "--chat) (default: none)")
     prompt.add_argument("--template", metavar="TEXT",
@@ -80,21 +81,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "format string with {field} names, \\n for a new line (default: "
                              f"'{DEFAULT_TEMPLATE.replace(chr(10), chr(92) + 'n')}' with --input-field; the "
                              f"course's is '{DIALOGUE_TEMPLATE.replace(chr(10), chr(92) + 'n')}')")
-    prompt.add_argument("--shots", default="0,1,2", metavar="K,K,...",
+    prompt.add_argument("--shots", default=",".join(map(str, ICL.shots)), metavar="K,K,...",
                         help="numbers of solved examples to put before the query, one run each (default: %(default)s)")
     prompt.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
                         help="render the prompt with the model's chat template: instruction as system message, "
                              "each example as a user turn and an assistant turn (default: on when the model has "
                              "a chat template)")
-    prompt.add_argument("--seed", type=int, default=0, metavar="N",
+    prompt.add_argument("--seed", type=int, default=ICL.seed, metavar="N",
                         help="seed of the choice of examples and of sampling (default: %(default)s)")
     inference = add_sampling_arguments(parser, search=False)
-    parser.set_defaults(max_new_tokens=50, stop=None)  # summaries of one line (about 25 tokens in DialogSum)
+    parser.set_defaults(max_new_tokens=ICL.generation.max_new_tokens, stop=None)  # summaries of one line (about 25 tokens in DialogSum)
     inference.add_argument("--sweep", metavar="PARAM=V,V,...",
                            help="compare inference settings: one run per value of PARAM, one of "
                                 f"{', '.join(SWEEPABLE)}; sweeping temperature, top_k or top_p turns sampling "
                                 "on (e.g. temperature=0.2,0.8,1.5)")
-    inference.add_argument("--batch-size", type=int, default=4, metavar="B",
+    inference.add_argument("--batch-size", type=int, default=ICL.batch_size, metavar="B",
                            help="prompts generated together, left-padded to the same length (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("runs/icl"), metavar="DIR",
                         help="folder for predictions.jsonl, summary.json and rouge.png; it must be new, empty or "
@@ -126,14 +127,14 @@ def icl_config(args: argparse.Namespace) -> IclConfig:
     template_text = unescape(args.template) if args.template else DEFAULT_TEMPLATE.replace(
         "{dialogue}", "{" + args.input_field + "}")
     template = PromptTemplate(instruction=unescape(args.instruction), input_template=template_text,
-                              input_field=args.input_field, target_field=(args.target_field or ["summary"])[0])
+                              input_field=args.input_field, target_field=(args.target_field or ICL.target_fields)[0])
     generation = GenerationConfig(
         max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
         stop=tuple(unescape(s) for s in ([DEFAULT_STOP] if args.stop is None else args.stop) if s),
     )
     return IclConfig(
-        template=template, target_fields=tuple(args.target_field or ["summary"]), shots=parse_shots(args.shots),
+        template=template, target_fields=tuple(args.target_field or ICL.target_fields), shots=parse_shots(args.shots),
         n=args.n, seed=args.seed, generation=generation, sweep=parse_sweep(args.sweep) if args.sweep else None,
         batch_size=args.batch_size, id_field=args.id_field,
     )
