@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lmlab.cli.options import field_default
 from lmlab.hub.export import FORMATS, MODELFILE, export_model
 from lmlab.hub.gguf_export import OUTTYPES
 
@@ -37,11 +38,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("model", help="checkpoint folder, LoRA adapter folder, embedded model, .gguf file or hub id")
-    parser.add_argument("--format", choices=FORMATS, default="gguf",
-                        help="gguf (llama.cpp, Ollama) or hf (transformers, the Hub) (default gguf)")
-    parser.add_argument("--outtype", choices=list(OUTTYPES), default="f16",
+    parser.add_argument("--format", choices=FORMATS, default=field_default(export_model, "format"),
+                        help="gguf (llama.cpp, Ollama) or hf (transformers, the Hub) (default %(default)s)")
+    parser.add_argument("--outtype", choices=list(OUTTYPES), default=field_default(export_model, "outtype"),
                         help="number format of the weight matrices: f32 (4 bytes), f16 / bf16 (2 bytes), "
-                             "q8_0 (8.5 bits), q4_0 (4.5 bits; gguf only) (default f16)")
+                             "q8_0 (8.5 bits), q4_0 (4.5 bits; gguf only) (default %(default)s)")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR",
                         help=f"the folder to write (the .gguf, {MODELFILE} and README.md; refused if it exists, "
                              "unless --overwrite)")

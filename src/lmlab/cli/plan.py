@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lmlab.cli.options import field_default
 from lmlab.config import PRESETS, ModelConfig
 from lmlab.errors import LmlabError
 from lmlab.planning.accelerators import ACCELERATORS, Accelerator
@@ -119,20 +120,22 @@ def _add_memory(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--dtype", metavar="|".join(DTYPE_BYTES),
                         help="format of the weights: 4, 2, 2, 1 or 0.5 bytes per parameter (default fp32, "
                              "bf16 with --mixed-precision); int8/int4 plan serving only")
-    parser.add_argument("--optimizer", default="adamw", metavar="|".join(OPTIMIZER_STATES),
+    parser.add_argument("--optimizer", default=field_default(plan_training_memory, "optimizer"), metavar="|".join(OPTIMIZER_STATES),
                         help="optimizer states per parameter: Adam/AdamW 2 (momentum, variance), SGD with "
-                             "momentum 1, Adafactor ~0 (factored second moment); default adamw")
+                             "momentum 1, Adafactor ~0 (factored second moment); default %(default)s")
     parser.add_argument("--mixed-precision", action="store_true",
                         help="compute in fp16/bf16 and keep an fp32 master copy of the weights in the optimizer "
                              "(Micikevicius et al. 2018)")
-    parser.add_argument("--batch", type=int, default=1, help="sequences per micro-batch on each device (default 1)")
+    parser.add_argument("--batch", type=int, default=field_default(plan_inference_memory, "batch"),
+                        help="sequences per micro-batch on each device (default %(default)s)")
     parser.add_argument("--seq-len", type=int, help="tokens per sequence (default: the model's context length)")
     parser.add_argument("--activation-checkpointing", action="store_true",
                         help="keep only each layer's input and recompute the rest in the backward pass")
     parser.add_argument("--flash-attention", action="store_true",
                         help="attention that does not store the s×s score matrices (Dao et al. 2022)")
-    parser.add_argument("--gpus", type=int, default=1, help="data-parallel devices (default 1)")
-    parser.add_argument("--zero", type=int, default=0, metavar="{0,1,2,3}",
+    parser.add_argument("--gpus", type=int, default=field_default(Parallelism, "gpus"),
+                        help="data-parallel devices (default %(default)s)")
+    parser.add_argument("--zero", type=int, default=field_default(Parallelism, "zero"), metavar="{0,1,2,3}",
                         help="ZeRO stage: 1 shards optimizer states, 2 also gradients, 3 also weights (FSDP)")
     parser.add_argument("--sharding-factor", type=int, metavar="K",
                         help="shard over groups of K devices and replicate across groups (hybrid sharding); "
@@ -210,16 +213,18 @@ def _add_compute(sub: argparse._SubParsersAction) -> None:
                                                       f"per parameter, the Chinchilla rule)")
     parser.add_argument("--exact", action="store_true", help="also count FLOPs term by term (needs a MODEL)")
     parser.add_argument("--seq-len", type=int, help="sequence length for --exact (default: the model's context)")
-    parser.add_argument("--accelerator", default="A100-80GB", help="which accelerator (default A100-80GB)")
-    parser.add_argument("--dtype", default="bf16", metavar="fp32|fp16|bf16|int8",
-                        help="whose peak rate to use (default bf16, mixed-precision training)")
-    parser.add_argument("--gpus", type=int, default=1, help="accelerators working together (default 1)")
-    parser.add_argument("--mfu", type=float, default=0.4,
-                        help="model FLOPs utilization, achieved / peak (default 0.4; PaLM reached 0.46)")
-    parser.add_argument("--usd-per-gpu-hour", type=float, default=2.0,
-                        help="rental price assumed per accelerator-hour (default 2.0 USD)")
-    parser.add_argument("--pue", type=float, default=1.2,
-                        help="power usage effectiveness of the data centre, facility / IT power (default 1.2)")
+    parser.add_argument("--accelerator", default=field_default(plan_compute, "accelerator"),
+                        help="which accelerator (default %(default)s)")
+    parser.add_argument("--dtype", default=field_default(plan_compute, "dtype"), metavar="fp32|fp16|bf16|int8",
+                        help="whose peak rate to use (default %(default)s, mixed-precision training)")
+    parser.add_argument("--gpus", type=int, default=field_default(plan_compute, "gpus"),
+                        help="accelerators working together (default %(default)s)")
+    parser.add_argument("--mfu", type=float, default=field_default(plan_compute, "mfu"),
+                        help="model FLOPs utilization, achieved / peak (default %(default)s; PaLM reached 0.46)")
+    parser.add_argument("--usd-per-gpu-hour", type=float, default=field_default(plan_compute, "usd_per_gpu_hour"),
+                        help="rental price assumed per accelerator-hour (default %(default)s USD)")
+    parser.add_argument("--pue", type=float, default=field_default(plan_compute, "pue"),
+                        help="power usage effectiveness of the data centre, facility / IT power (default %(default)s)")
     parser.add_argument("--watts", type=float,
                         help="average power per accelerator, if measured (default: the datasheet's board power)")
     parser.add_argument("--grid", default=DEFAULT_GRID, metavar="NAME|KG_PER_KWH",

@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lmlab.cli.options import field_default
 from lmlab.errors import LmlabError
 from lmlab.io import write_jsonl
+from lmlab.pipelines.base import Pipeline
 from lmlab.records import read_records
 
 
@@ -72,7 +74,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     opts.add_argument("--src-lang", help="translation: source language code (default: en)")
     opts.add_argument("--tgt-lang", help="translation: target language code (default: fr)")
     opts.add_argument("--targets", help="fill-mask: only score these words, comma-separated")
-    opts.add_argument("--batch-size", type=int, default=8, metavar="B", help="inputs per forward pass (default: 8)")
+    opts.add_argument("--batch-size", type=int, default=field_default(Pipeline.__init__, "batch_size"), metavar="B",
+                      help="inputs per forward pass (default: %(default)s)")
     opts.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                       help="any other pipeline option (VALUE read as JSON when it parses), e.g. --option "
                            "do_sample=true --option temperature=0.7")

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from lmlab import tokenizers
+from lmlab.cli.options import field_default
 from lmlab.hub.resolve import resolve_tokenizer
 from lmlab.io import claim_folder
 
@@ -38,10 +39,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="tokens in the final vocabulary: 256 bytes + special tokens + learned merges")
     train.add_argument("--out", type=Path, required=True, metavar="DIR",
                        help="folder to write the tokenizer to (tokenizer.json and its settings)")
-    train.add_argument("--special-tokens", nargs="+", default=list(tokenizers.DEFAULT_SPECIAL_TOKENS), metavar="TOKEN",
+    train.add_argument("--special-tokens", nargs="+", default=list(field_default(tokenizers.train_bpe, "special_tokens")),
+                       metavar="TOKEN",
                        help="tokens kept whole and never merged, e.g. an end-of-text marker between documents "
                        "(default: %(default)s)")
-    train.add_argument("--min-frequency", type=int, default=2, metavar="N",
+    train.add_argument("--min-frequency", type=int, default=field_default(tokenizers.train_bpe, "min_frequency"),
+                       metavar="N",
                        help="merge only pairs seen at least N times in the data (default: %(default)s)")
     train.set_defaults(func=run_train)
 
