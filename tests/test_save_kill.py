@@ -36,6 +36,17 @@ def _tokenizer(version: int):
     return char_tokenizer(["the cat sat on the mat", "a dog, a log"][version:] + ["!?"])
 
 
+def _plot(version: int, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    figure = Figure()
+    figure.add_subplot().plot([0, 1, 2], [version, 2 - version, version])
+    io.save_figure(figure, out)
+
+
 def _adapter(version: int, out: Path) -> None:
     model = _model(0)
     report = apply_lora(model, "q,v", rank=2, seed=version)
@@ -50,6 +61,7 @@ SAVES = {  # one artifact kind each: save version 0 or 1 of it to `out`, replaci
     "adapter": _adapter,
     "tokenizer": lambda v, out: save_tokenizer_folder(_tokenizer(v), out),
     "json-file": lambda v, out: io.write_json(out, {"version": v, "loss": [0.5 * v] * 2000}),
+    "plot": _plot,
 }
 
 
