@@ -13,7 +13,7 @@ import torch
 
 from lmlab import io
 from lmlab.config import get_preset
-from lmlab.data.pipeline import char_tokenizer
+from lmlab.data.pipeline import PrepareSettings, char_tokenizer, prepare_documents
 from lmlab.hub.checkpoint import export_hf, save_checkpoint
 from lmlab.models import Transformer
 from lmlab.models.lora import apply_lora, save_adapter
@@ -21,11 +21,14 @@ from lmlab.hub.quantized_checkpoint import save_quantized
 from lmlab.quantization.quantized_linear import quantize_model
 from lmlab.quantization.schemes import QuantSpec
 from lmlab.tokenizers import save_tokenizer_folder
+from lmlab.training.checkpoint import save_training_checkpoint
+from lmlab.training.distributed import DistEnv, make_strategy
 
 KILLS_PER_KIND = 8
 PAUSE = "0.02"  # seconds between the steps of a save (lmlab.io.PAUSE_ENV): each step is as likely to be hit
 FORKSERVER = multiprocessing.get_context("forkserver")
-FORKSERVER.set_forkserver_preload(["lmlab.hub.checkpoint", "lmlab.hub.quantized_checkpoint", "lmlab.models.lora"])
+FORKSERVER.set_forkserver_preload(["lmlab.hub.checkpoint", "lmlab.hub.quantized_checkpoint", "lmlab.models.lora",
+                                   "lmlab.training.checkpoint", "lmlab.data.pipeline"])
 
 
 def _model(version: int) -> Transformer:
@@ -47,6 +50,18 @@ def _plot(version: int, out: Path) -> None:
     io.save_figure(figure, out)
 
 
+def _training_checkpoint(version: int, out: Path) -> None:
+    """What the trainer writes every --save-every steps: weights, optimizer state, random states, step."""
+    model = _model(version)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.tensor([[1, 2, 3]])).logits.sum().backward()
+    optimizer.step()
+    torch.manual_seed(version)
+    env = DistEnv()
+    save_training_checkpoint(out, model, optimizer, make_strategy(env), env, None, {"step": version + 1},
+                             _tokenizer(version))
+
+
 def _adapter(version: int, out: Path) -> None:
     model = _model(0)
     report = apply_lora(model, "q,v", rank=2, seed=version)
@@ -55,6 +70,7 @@ def _adapter(version: int, out: Path) -> None:
 
 SAVES = {  # one artifact kind each: save version 0 or 1 of it to `out`, replacing what is there
     "checkpoint": lambda v, out: save_checkpoint(_model(v), out, _tokenizer(v), overwrite=True),
+    "training-checkpoint": _training_checkpoint,
     "hf-export": lambda v, out: export_hf(_model(v), out, _tokenizer(v), overwrite=True),
     "quantized": lambda v, out: save_quantized(quantize_model(copy.deepcopy(_model(v)), QuantSpec()), out,
                                                overwrite=True),
@@ -107,3 +123,45 @@ def test_a_save_killed_at_random_leaves_the_old_or_the_new_copy(kind, tmp_path):
         assert contents(out) in versions
         io.clean_leftovers(tmp_path)
         assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["artifact", "v0", "v1"])
+
+
+def _prepare(out: str, ready) -> None:
+    import os
+
+    os.environ[io.PAUSE_ENV] = PAUSE
+    torch.set_num_threads(1)
+    ready.set()
+    _prepare_corpus(Path(out))
+
+
+def _prepare_corpus(out: Path) -> None:
+    words = random.Random(0)
+    vocabulary = "the a cat dog sat ran on under mat log red old small quick and then was is".split()
+    documents = [" ".join(words.choice(vocabulary) for _ in range(80)) + "." for _ in range(60)]
+    prepare_documents(documents, "char", out, PrepareSettings(seq_len=32, shard_tokens=2048), name="corpus",
+                      progress=False)
+
+
+def test_a_data_prepare_killed_at_random_leaves_no_dataset_or_the_whole_one(tmp_path):
+    """Data shards are written once (a prepared folder is never replaced by another dataset): a kill leaves
+    nothing (the next run starts again) or the complete dataset, never some of its shards."""
+    _prepare_corpus(tmp_path / "reference")
+    whole = contents(tmp_path / "reference")
+    assert len([name for name in whole if name.endswith(".bin")]) > 1  # several shards, written one by one
+    rng = random.Random("data")
+    outcomes = set()
+    for trial in range(KILLS_PER_KIND):
+        out = tmp_path / f"data{trial}"
+        ready = FORKSERVER.Event()
+        child = FORKSERVER.Process(target=_prepare, args=(str(out), ready))
+        child.start()
+        ready.wait()
+        child.join(rng.uniform(0.0, 0.2))  # a prepare with the pauses takes ~0.16 s alone
+        child.kill()
+        child.join()
+        io.recover(out)
+        assert not out.exists() or contents(out) == whole
+        outcomes.add(out.exists())
+        io.clean_leftovers(tmp_path)
+        assert {p.name for p in tmp_path.iterdir()} <= {"reference"} | {f"data{t}" for t in range(trial + 1)}
+    assert False in outcomes  # some kill landed before the end (the test saw a prepare cut short)
