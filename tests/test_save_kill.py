@@ -23,12 +23,14 @@ from lmlab.quantization.schemes import QuantSpec
 from lmlab.tokenizers import save_tokenizer_folder
 from lmlab.training.checkpoint import save_training_checkpoint
 from lmlab.training.distributed import DistEnv, make_strategy
+from lmlab.training.sharded_checkpoint import save_sharded
 
 KILLS_PER_KIND = 8
 PAUSE = "0.02"  # seconds between the steps of a save (lmlab.io.PAUSE_ENV): each step is as likely to be hit
 FORKSERVER = multiprocessing.get_context("forkserver")
 FORKSERVER.set_forkserver_preload(["lmlab.hub.checkpoint", "lmlab.hub.quantized_checkpoint", "lmlab.models.lora",
-                                   "lmlab.training.checkpoint", "lmlab.data.pipeline"])
+                                   "lmlab.training.checkpoint", "lmlab.training.sharded_checkpoint",
+                                   "lmlab.data.pipeline"])
 
 
 def _model(version: int) -> Transformer:
@@ -50,16 +52,27 @@ def _plot(version: int, out: Path) -> None:
     io.save_figure(figure, out)
 
 
-def _training_checkpoint(version: int, out: Path) -> None:
-    """What the trainer writes every --save-every steps: weights, optimizer state, random states, step."""
+def _trained(version: int) -> tuple[Transformer, torch.optim.Optimizer]:
     model = _model(version)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model(torch.tensor([[1, 2, 3]])).logits.sum().backward()
     optimizer.step()
+    return model, optimizer
+
+
+def _training_checkpoint(version: int, out: Path) -> None:
+    """What the trainer writes every --save-every steps: weights, optimizer state, random states, step."""
+    model, optimizer = _trained(version)
     torch.manual_seed(version)
     env = DistEnv()
     save_training_checkpoint(out, model, optimizer, make_strategy(env), env, None, {"step": version + 1},
                              _tokenizer(version))
+
+
+def _sharded_checkpoint(version: int, out: Path) -> None:
+    """What an FSDP run writes (torch.distributed.checkpoint shards, one rank here)."""
+    model, optimizer = _trained(version)
+    save_sharded(out, model, optimizer, DistEnv(), _tokenizer(version))
 
 
 def _adapter(version: int, out: Path) -> None:
@@ -71,6 +84,7 @@ def _adapter(version: int, out: Path) -> None:
 SAVES = {  # one artifact kind each: save version 0 or 1 of it to `out`, replacing what is there
     "checkpoint": lambda v, out: save_checkpoint(_model(v), out, _tokenizer(v), overwrite=True),
     "training-checkpoint": _training_checkpoint,
+    "sharded-checkpoint": _sharded_checkpoint,
     "hf-export": lambda v, out: export_hf(_model(v), out, _tokenizer(v), overwrite=True),
     "quantized": lambda v, out: save_quantized(quantize_model(copy.deepcopy(_model(v)), QuantSpec()), out,
                                                overwrite=True),
@@ -94,11 +108,30 @@ def _save_forever(kind: str, out: str, ready) -> None:
 
 
 def contents(path: Path) -> dict[str, bytes]:
-    """Every file of an artifact and its bytes (the marker aside: it holds the time of the save)."""
+    """Every file of an artifact and its bytes (the marker aside: it holds the time of the save); the index of
+    torch.distributed.checkpoint shards (.metadata, a pickle that differs from save to save) stands for the
+    tensors it loads."""
     if path.is_file():
         return {"": path.read_bytes()}
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
-            if p.is_file() and p.name != io.MARKER}
+    return {str(p.relative_to(path)): _loaded(p.parent) if p.name == ".metadata" else p.read_bytes()
+            for p in sorted(path.rglob("*")) if p.is_file() and p.name != io.MARKER}
+
+
+def _loaded(shards: Path) -> bytes:
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
+
+    state = _load_state_dict_from_keys(checkpoint_id=shards)
+    flat: dict[str, object] = {}
+
+    def walk(prefix: str, value: object) -> None:
+        if isinstance(value, dict):
+            for key in sorted(value, key=str):
+                walk(f"{prefix}.{key}", value[key])
+        else:
+            flat[prefix] = value.numpy().tobytes() if isinstance(value, torch.Tensor) else repr(value).encode()
+
+    walk("", state)
+    return b"".join(key.encode() + b"=" + value for key, value in flat.items())
 
 
 @pytest.mark.parametrize("kind", list(SAVES))
