@@ -14,6 +14,7 @@ import pytest
 from lmlab.cli.main import build_parser
 from lmlab.alignment.rlhf import PPOSettings
 from lmlab.data.cleaning import QualityRules
+from lmlab.data.mixture import load_mixture
 from lmlab.data.pipeline import PrepareSettings
 from lmlab.pipelines.base import Pipeline
 from lmlab.planning.compute import plan_compute
@@ -23,6 +24,8 @@ from lmlab.data.finetune_data import DataFormat
 from lmlab.finetuning.recipe import FinetuneSettings
 from lmlab.generation.sampling import GenerationConfig
 from lmlab.hub.export import export_model
+from lmlab.inspect.attention import attention_map
+from lmlab.inspect.floats import inspect_float
 from lmlab.hub.quantize import quantize_checkpoint
 from lmlab.icl import IclConfig
 from lmlab.quantization.schemes import QuantSpec
@@ -46,6 +49,9 @@ FILLS = {  # command: the dataclasses (or the function) its options fill
     "scaling sweep": (SweepSettings,),
     "scaling fit": (fit_sweep,),
     "export": (export_model,),
+    "data mix": (load_mixture,),
+    "inspect attention": (attention_map,),
+    "inspect float": (inspect_float,),
     "run": (Pipeline.__init__,),
     "plan memory": (plan_training_memory, plan_inference_memory, Parallelism),
     "plan compute": (plan_compute,),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lmlab.cli.options import field_default
 from lmlab.data.cleaning import QualityRules
 from lmlab.data.corpus import default_documents
 from lmlab.data.mixture import load_mixture, parse_mix
@@ -84,7 +85,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--mix", required=True, metavar="NAME=W,...",
                    help="sampling weight of each dataset, summing to 1, e.g. finance=0.51,general=0.49 (BloombergGPT)")
     m.add_argument("--samples", type=int, default=10000, help="how many sequences to draw (default: 10000)")
-    m.add_argument("--seed", type=int, default=0, help="seed of the draws (default: 0)")
+    m.add_argument("--seed", type=int, default=field_default(load_mixture, "seed"),
+                   help="seed of the draws (default: %(default)s)")
     m.set_defaults(func=run_mix)
 
     e = commands.add_parser(

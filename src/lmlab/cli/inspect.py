@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 
+from lmlab.cli.options import field_default
 from lmlab.errors import LmlabError
-from lmlab.inspect.floats import DTYPES, INT8_MAX, inspect_float
+from lmlab.hub.resolve import load_model
+from lmlab.inspect.attention import attention_map, format_table, plot
+from lmlab.inspect.floats import DTYPES, inspect_float
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -87,8 +90,10 @@ def _add_attention(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("model", help="a preset, embedded model, checkpoint folder, .gguf file or hub id")
     parser.add_argument("--text", required=True, help="the text to run through the model")
-    parser.add_argument("--layer", type=int, default=0, help="which layer, counting from 0 (default 0)")
-    parser.add_argument("--head", type=int, default=0, help="which attention head, counting from 0 (default 0)")
+    parser.add_argument("--layer", type=int, default=field_default(attention_map, "layer"),
+                        help="which layer, counting from 0 (default %(default)s)")
+    parser.add_argument("--head", type=int, default=field_default(attention_map, "head"),
+                        help="which attention head, counting from 0 (default %(default)s)")
     parser.add_argument("--stack", choices=("encoder", "decoder", "cross"),
                         help="encoder-decoder models: encoder self-attention, decoder self-attention, or the "
                              "decoder's cross-attention to the encoder (default: the model's main stack)")
@@ -99,9 +104,6 @@ def _add_attention(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_attention(args: argparse.Namespace) -> int:
-    from lmlab.hub.resolve import load_model
-    from lmlab.inspect.attention import attention_map, format_table, plot
-
     loaded = load_model(args.model)
     amap = attention_map(loaded, args.text, args.layer, args.head, args.stack, args.target)
     if args.table or not args.out:
@@ -127,7 +129,7 @@ def _add_float(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("value", help="the number to store, e.g. 3.141592, -2.5e-6, inf")
     parser.add_argument("--dtype", action="append", metavar="|".join(DTYPES),
                         help="number format (repeat for several; default: all four)")
-    parser.add_argument("--absmax", type=float, default=float(INT8_MAX),
+    parser.add_argument("--absmax", type=float, default=field_default(inspect_float, "absmax"),
                         help="int8 only: the largest magnitude in the tensor, which maps to 127 "
                              "(default 127, a scale of 1: plain rounding to an integer)")
     parser.set_defaults(func=_run_float)
