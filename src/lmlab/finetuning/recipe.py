@@ -65,6 +65,11 @@ METHODS = ("full", "lora")
 DEFAULT_LR = {"full": 5e-5, "lora": 2e-4}
 WARMUP_SHARE = 0.05
 SUMMARY_FILE = "finetune.json"
+LOSS_UNITS = {  # what one counted target of each task is (training.objectives.loss_sum; alignment's losses)
+    "classification": "nats per example", "pair-classification": "nats per example",
+    "token-classification": "nats per tagged word", "question-answering": "nats per answer boundary",
+    "reward": "nats per pair", "dpo": "nats per pair",
+}
 HEADS = {"classification": "sequence-classification", "pair-classification": "sequence-classification",
          "token-classification": "token-classification", "question-answering": "question-answering",
          "reward": "sequence-classification"}
@@ -311,14 +316,15 @@ def finetune(s: FinetuneSettings, env: DistEnv | None = None) -> FinetuneResult:
     )
     train_config.check(env)  # before the run folder is made: a refused setting leaves nothing behind
     with run_on_main(lambda: open_run(s.out, _identity(s, train_config), s.resume), env) as run:
-        objective = Objective(f"fine-tuning ({data.task}, {s.method})", lambda seed: collator)
+        objective = Objective(f"fine-tuning ({data.task}, {s.method})", lambda seed: collator,
+                              unit=LOSS_UNITS.get(data.task, "nats per token"))
         if data.task == "reward":
             objective = Objective(f"reward model (Bradley-Terry, {s.method})", lambda seed: collator,
-                                  reward_loss_sum, count_pairs)
+                                  reward_loss_sum, count_pairs, LOSS_UNITS["reward"])
         elif data.task == "dpo":
             cache_reference_logps(model, data.train + data.validation, pad_id, s.batch_size, s.dtype, s.progress)
             objective = Objective(f"DPO (beta {s.beta:g}, {s.method})", lambda seed: collator,
-                                  functools.partial(dpo_loss_sum, beta=s.beta), count_pairs)
+                                  functools.partial(dpo_loss_sum, beta=s.beta), count_pairs, LOSS_UNITS["dpo"])
         monitor = EarlyStopping(s, data, collator, tokenizer, say)
         trainer = Trainer(model, objective, {"train": data.train},
                           {"validation": data.validation} if data.validation else {}, train_config, run,

@@ -42,12 +42,13 @@ T5_SENTINELS = 100  # T5's vocabulary reserves <extra_id_0> ... <extra_id_99>
 class Objective:
     """A training objective: its name, how to make a seeded collator for it, the sum of its loss over a
     batch and the count that sum is divided by (labelled tokens by default; preference pairs for reward
-    models and DPO, `lmlab.alignment`)."""
+    models and DPO, `lmlab.alignment`), and the unit of the mean loss that gives (the loss plot's axis)."""
 
     name: str
     make_collator: Callable[[int], Callable[[list[Any]], dict[str, torch.Tensor]]]
     loss: Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor] | None = None
     count: Callable[[dict[str, torch.Tensor]], int] | None = None
+    unit: str = "nats per token"
 
     def __post_init__(self) -> None:
         self.loss = self.loss or loss_sum

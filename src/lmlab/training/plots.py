@@ -9,7 +9,7 @@ from typing import Any
 from lmlab.io import save_figure
 
 
-def plot_loss(history: list[dict[str, Any]], title: str, path: Path) -> Path:
+def plot_loss(history: list[dict[str, Any]], title: str, path: Path, unit: str = "nats per token") -> Path:
     """Draw the step records of metrics.jsonl to `path` (written whole or not at all, lmlab.io.save_figure)."""
     import matplotlib
 
@@ -23,7 +23,7 @@ def plot_loss(history: list[dict[str, Any]], title: str, path: Path) -> Path:
     if evals:
         ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="validation")
     ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats per token)")
+    ax.set_ylabel(f"loss ({unit})")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()

@@ -397,7 +397,8 @@ class Trainer:
                     self._save(step, wrapped, optimizer, collator,
                                train_seconds + state.get("train_seconds", 0.0))
                     if env.is_main:
-                        plot_loss(history, f"{self.objective.name}: {self.run.path.name}", self.run.plot)
+                        plot_loss(history, f"{self.objective.name}: {self.run.path.name}", self.run.plot,
+                                  self.objective.unit)
         finally:
             if log is not None:
                 log.close()
