@@ -32,9 +32,8 @@ from pathlib import Path
 
 import torch
 
-from lmlab.alignment.preferences import PairEncoder
 from lmlab.alignment.dpo import cache_reference_logps, score_dpo
-from lmlab.alignment.preferences import load_preferences
+from lmlab.alignment.preferences import PairEncoder, load_preferences
 from lmlab.alignment.reward import score_pairs
 from lmlab.alignment.rlhf import (PPOSettings, align_ppo, closing_tokens, encode_prompts, read_prompts,
                                   score_rollouts)

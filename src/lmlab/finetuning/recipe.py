@@ -317,7 +317,7 @@ def finetune(s: FinetuneSettings, env: DistEnv | None = None) -> FinetuneResult:
     train_config.check(env)  # before the run folder is made: a refused setting leaves nothing behind
     with run_on_main(lambda: open_run(s.out, _identity(s, train_config), s.resume), env) as run:
         objective = Objective(f"fine-tuning ({data.task}, {s.method})", lambda seed: collator,
-                              unit=LOSS_UNITS.get(data.task, "nats per token"))
+                              unit=LOSS_UNITS.get(data.task, Objective.unit))
         if data.task == "reward":
             objective = Objective(f"reward model (Bradley-Terry, {s.method})", lambda seed: collator,
                                   reward_loss_sum, count_pairs, LOSS_UNITS["reward"])

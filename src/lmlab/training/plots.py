@@ -9,7 +9,7 @@ from typing import Any
 from lmlab.io import save_figure
 
 
-def plot_loss(history: list[dict[str, Any]], title: str, path: Path, unit: str = "nats per token") -> Path:
+def plot_loss(history: list[dict[str, Any]], title: str, path: Path, unit: str) -> Path:
     """Draw the step records of metrics.jsonl to `path` (written whole or not at all, lmlab.io.save_figure)."""
     import matplotlib
 
