@@ -49,14 +49,15 @@ MODEL = "smollm2-135m-instruct"
 PARTS = ("reward", "dpo", "ppo")
 
 
-def split(data: Path, n_val: int, n_train: int, n_ppo: int, n_eval: int, out: Path) -> tuple[Path, Path]:
-    """train.jsonl: the first n_train pairs; val.jsonl: the last n_val (held out). From the held-out pairs:
+def split(data: Path, n_val: int, n_train: int, n_reward: int, n_ppo: int, n_eval: int, out: Path) -> tuple[Path, Path]:
+    """train.jsonl: the first n_train pairs (DPO's); reward.jsonl: the first n_reward (the reward model's);
+    val.jsonl: the last n_val (held out). From the held-out pairs:
     monitor.jsonl (8, the trainers' own cheap validation), ppo.jsonl (PPO's prompts: the first n_ppo) and
     eval.jsonl (the n_eval after those: prompts whose answers are compared)."""
     lines = data.read_text(encoding="utf-8").splitlines()
     train, val = lines[:-n_val], lines[-n_val:]
     out.mkdir(parents=True, exist_ok=True)
-    files = {"train": train[:n_train], "val": val, "monitor": val[:8], "ppo": val[:n_ppo],
+    files = {"train": train[:n_train], "reward": train[:n_reward], "val": val, "monitor": val[:8], "ppo": val[:n_ppo],
              "eval": val[n_ppo:n_ppo + n_eval]}
     for name, rows in files.items():
         write_text(out / f"{name}.jsonl", "\n".join(rows) + "\n")
@@ -71,9 +72,9 @@ def update_report(out: Path, part: str, entry: dict) -> None:
     print(json.dumps({part: entry}), flush=True)
 
 
-def held_out_pairs(a: argparse.Namespace, val: Path, task: str, tokenizer, eos_id: int):
+def held_out_pairs(a: argparse.Namespace, val: Path, task: str, tokenizer, eos_id: int, max_length: int):
     """The first --scored held-out pairs (all by default)."""
-    return load_preferences(val, DataFormat(task=task, max_length=a.max_length), tokenizer, validation=val,
+    return load_preferences(val, DataFormat(task=task, max_length=max_length), tokenizer, validation=val,
                             eos_id=eos_id).validation[:a.scored]
 
 
@@ -82,14 +83,25 @@ def trained(out: Path) -> FinetuneResult | None:
     return FinetuneResult.load(out) if (out / "finetune.json").is_file() else None
 
 
+def top_layers(n: int) -> str:
+    """LoRA targets: every linear layer of the last n blocks (the backward pass stops below them)."""
+    n_layer = load_model(MODEL).model.config.n_layer
+    if not 0 < n < n_layer:
+        return "all-linear"
+    names = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj", "ffn.up", "ffn.gate", "ffn.down")
+    return ",".join(f"layers.{i}.{name}" for i in range(n_layer - n, n_layer) for name in names)
+
+
 def run_reward(a: argparse.Namespace, train: Path, val: Path) -> None:
     """Train with a few held-out pairs as the trainer's validation (cheap), then score all the held-out pairs."""
     start = time.perf_counter()
     rm = trained(a.out / "reward") or finetune(FinetuneSettings(
-        model=MODEL, data=train, validation=a.out / "data" / "monitor.jsonl", out=a.out / "reward", lr=a.reward_lr,
-        format=DataFormat(task="reward", max_length=a.max_length), **common(a)))
+        model=MODEL, data=a.out / "data" / "reward.jsonl", validation=a.out / "data" / "monitor.jsonl",
+        out=a.out / "reward", lr=a.reward_lr, format=DataFormat(task="reward", max_length=a.reward_max_length),
+        **{**common(a, a.reward_steps), "lora_targets": top_layers(a.reward_layers)}))
     model = load_checkpoint(rm.model_dir).eval()
-    pairs = held_out_pairs(a, val, "reward", load_model(MODEL).tokenizer, model.config.eos_token_id)
+    pairs = held_out_pairs(a, val, "reward", load_model(MODEL).tokenizer, model.config.eos_token_id,
+                           a.reward_max_length)
     with autocast(a):
         scores = score_pairs(model, pairs, pad_id=model.config.eos_token_id, batch_size=16)
     update_report(a.out, "reward", {"held_out": {"pairs": len(pairs), **scores.values()}, "steps": rm.steps,
@@ -98,7 +110,8 @@ def run_reward(a: argparse.Namespace, train: Path, val: Path) -> None:
 
 def compare(a: argparse.Namespace, model, base, reward_model) -> dict:
     """Sampled answers of `model` and of the base model to held-out prompts (the pairs after the PPO prompts),
-    scored by the reward model: mean rewards, win rate, and the model's KL to the base."""
+    scored by the reward model: mean rewards, win rate (a tie, the same answer, counts half), and the model's KL
+    to the base."""
     texts = read_prompts(a.out / "data" / "eval.jsonl", "prompt")
     encoder = PairEncoder(base.tokenizer, None, base.model.config.eos_token_id)
     prompts = encode_prompts(texts, encoder, a.max_prompt)
@@ -106,7 +119,7 @@ def compare(a: argparse.Namespace, model, base, reward_model) -> dict:
     before = score_rollouts(base.model, reward_model, base.tokenizer, prompts, closings, a.max_new_tokens, seed=1)
     after = score_rollouts(model, reward_model, base.tokenizer, prompts, closings, a.max_new_tokens, seed=1,
                            reference=base.model)
-    wins = sum(x > y for x, y in zip(after["scores"], before["scores"])) / len(prompts)
+    wins = sum((x > y) + 0.5 * (x == y) for x, y in zip(after["scores"], before["scores"])) / len(prompts)  # a tie: half
     return {"prompts": len(prompts), "base_mean_reward": before["mean_reward"],
             "aligned_mean_reward": after["mean_reward"], "win_rate": wins, "kl_to_base": after["kl"]}
 
@@ -115,11 +128,11 @@ def run_dpo(a: argparse.Namespace, train: Path, val: Path) -> None:
     start = time.perf_counter()
     dpo = trained(a.out / "dpo") or finetune(FinetuneSettings(
         model=MODEL, data=train, validation=a.out / "data" / "monitor.jsonl", out=a.out / "dpo", lr=a.dpo_lr, beta=0.1,
-        format=DataFormat(task="dpo", max_length=a.max_length), **common(a)))
+        format=DataFormat(task="dpo", max_length=a.max_length), **common(a, a.steps)))
     base = load_model(MODEL)
     pad = base.model.config.eos_token_id
     aligned = load_checkpoint(dpo.model_dir).eval()
-    pairs = held_out_pairs(a, val, "dpo", base.tokenizer, pad)
+    pairs = held_out_pairs(a, val, "dpo", base.tokenizer, pad, a.max_length)
     with autocast(a):
         cache_reference_logps(base.model, pairs, pad, batch_size=16, progress=False)
         scores = score_dpo(aligned, pairs, pad, beta=0.1, batch_size=16)
@@ -138,9 +151,9 @@ def autocast(a: argparse.Namespace):
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.dtype == "bf16")
 
 
-def common(a: argparse.Namespace) -> dict:
-    return dict(method="lora", lora_targets="all-linear", lora_rank=16, lora_alpha=32, steps=a.steps,
-                batch_size=a.batch_size, eval_metric="loss", eval_every=a.steps, dtype=a.dtype, progress=True)
+def common(a: argparse.Namespace, steps: int) -> dict:
+    return dict(method="lora", lora_targets="all-linear", lora_rank=16, lora_alpha=32, steps=steps,
+                batch_size=a.batch_size, eval_metric="loss", eval_every=steps, dtype=a.dtype, progress=True)
 
 
 def main() -> None:
@@ -151,9 +164,14 @@ def main() -> None:
     p.add_argument("--scored", type=int, default=None, help="held-out pairs scored, the first of them (default: all)")
     p.add_argument("--train", type=int, default=None, help="training pairs (default: --steps x --batch-size, the "
                    "pairs the steps see; DPO computes reference log-probabilities of all of them)")
-    p.add_argument("--steps", type=int, default=16, help="optimizer steps of the reward model and of DPO")
+    p.add_argument("--steps", type=int, default=16, help="optimizer steps of DPO")
+    p.add_argument("--reward-steps", type=int, default=120, help="optimizer steps of the reward model (it trains on "
+                   "the first --reward-steps x --batch-size pairs)")
+    p.add_argument("--reward-max-length", type=int, default=80, help="tokens of prompt + answer for the reward model")
+    p.add_argument("--reward-layers", type=int, default=12, help="the reward model's LoRA adapts every linear layer "
+                   "of its last N blocks (0: of all blocks)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-length", type=int, default=64, help="tokens of prompt + answer (prompts keep their end)")
+    p.add_argument("--max-length", type=int, default=64, help="DPO's tokens of prompt + answer (prompts keep their end)")
     p.add_argument("--dtype", default="bf16", help="fp32, or bf16 autocast (fast with AMX)")
     p.add_argument("--reward-lr", type=float, default=3e-4)
     p.add_argument("--dpo-lr", type=float, default=3e-4)
@@ -173,7 +191,8 @@ def main() -> None:
     if not set(parts) <= set(PARTS):
         p.error(f"--parts takes {', '.join(PARTS)}")
     torch.manual_seed(0)
-    train, val = split(a.data, a.val, a.train or a.steps * a.batch_size, a.ppo_prompts, a.prompts, a.out / "data")
+    train, val = split(a.data, a.val, a.train or a.steps * a.batch_size,
+                       a.reward_steps * a.batch_size, a.ppo_prompts, a.prompts, a.out / "data")
     for part in parts:
         memory = PeakMemory()
         {"reward": run_reward, "dpo": run_dpo, "ppo": run_ppo}[part](a, train, val)

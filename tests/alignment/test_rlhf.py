@@ -16,6 +16,7 @@ from lmlab.alignment.preferences import PairEncoder
 from lmlab.cli.main import main
 from lmlab.models.heads import attach_head
 from lmlab.hub.checkpoint import load_checkpoint, save_checkpoint
+from lmlab.io import read_safetensors
 from lmlab.models.lora import lora_modules
 from lmlab.tokenizers import load_tokenizer
 from tests.alignment.conftest import colour_pairs, write_jsonl
@@ -110,6 +111,30 @@ def test_one_ppo_step_equals_the_formulas_on_forward_passes_by_hand(tmp_path, ti
     assert parts["policy_loss"] == pytest.approx(float(expected_policy), abs=1e-5)
     assert parts["value_loss"] == pytest.approx(float(expected_value), abs=1e-5)
     assert float(loss.detach()) == pytest.approx(float(expected_policy + s.vf_coef * expected_value), abs=1e-5)
+
+
+def test_a_resumed_ppo_run_takes_the_steps_of_an_uninterrupted_one(tmp_path, tiny_model, reward_model):
+    prompts = prompts_file(tmp_path, n=6)  # 6 prompts, 4 a step: prompts stay queued across the checkpoint
+
+    def run(out, steps, resume=False):
+        return align_ppo(PPOSettings(model=str(tiny_model), reward=str(reward_model), prompts=prompts, out=out,
+                                     steps=steps, batch_size=4, mini_batches=2, ppo_epochs=2, max_new_tokens=6,
+                                     lr=5e-2, target_kl=0.5, kl_horizon=20, checkpoint_every=2, resume=resume,
+                                     progress=False))
+
+    whole = run(tmp_path / "whole", 4)
+    first = run(tmp_path / "parts", 2)
+    assert first.history == whole.history[:2]
+    assert [p.name for p in (tmp_path / "parts" / "checkpoints").iterdir()] == ["step-0000002"]
+    resumed = run(tmp_path / "parts", 4, resume=True)
+    assert resumed.history == whole.history  # rewards, KL, losses and sampled answers, exactly
+    assert resumed.kl_coef == whole.kl_coef != 0.05  # the adaptive coefficient moved, and carried over
+    for folder in ("adapter", "value_head"):
+        for name in (tmp_path / "whole" / folder).glob("*.safetensors"):
+            a, b = read_safetensors(name), read_safetensors(tmp_path / "parts" / folder / name.name)
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    lines = [(tmp_path / out / "metrics.jsonl").read_text().splitlines() for out in ("whole", "parts")]
+    assert lines[0] == lines[1] and len(lines[0]) == 4
 
 
 def run_cli(capsys, *args):

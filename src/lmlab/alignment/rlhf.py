@@ -31,6 +31,10 @@ One PPO iteration (a step):
 5. the KL coefficient moves towards keeping the KL near `target_kl` (`ppo.AdaptiveKL`, Ziegler et al.
    2019), or stays fixed (`target_kl` 0).
 
+Every `checkpoint_every` steps (and after the last) the run writes a checkpoint (`lmlab.alignment.ppo_checkpoint`);
+`resume` continues the run in `out` from its last one, as the trainer's --resume does, with the same steps an
+uninterrupted run takes (the number of steps may change).
+
 The KL reported (and controlled) is that of whole answers: the sum over an answer's tokens of the
 exact KL at each position, averaged over the batch (TRL reports the sum of the sampled log-ratios, an
 estimate of the same quantity). OUT gets run.json, metrics.jsonl (one record per step, with one sampled
@@ -55,6 +59,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lmlab.alignment.dpo import check_policy
+from lmlab.alignment.ppo_checkpoint import PPOState, load_ppo_checkpoint, save_ppo_checkpoint
 from lmlab.alignment.ppo import AdaptiveKL, clipped_policy_loss, clipped_value_loss, gae, kl_penalized_rewards, masked_mean
 from lmlab.alignment.preferences import CHOSEN, REJECTED, PairEncoder, Prompt, split_conversations
 from lmlab.alignment.reward import check_reward_model, is_reward_model
@@ -72,7 +77,6 @@ from lmlab.training.run_folder import open_run
 from lmlab.training.trainer import DTYPES
 
 SUMMARY_FILE = "ppo.json"
-METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "ppo.png"
 VALUE_HEAD_KIND = "value-head"
 DEFAULT_LR = 1e-4  # LoRA; TRL's PPO examples use 3e-6 for full fine-tuning, adapters take about 10x more
@@ -112,11 +116,13 @@ class PPOSettings:
     max_grad_norm: float = 1.0
     dtype: str = "fp32"  # or bf16 autocast (rollouts, scoring and updates)
     seed: int = 0
+    checkpoint_every: int = 10  # steps between checkpoints (and one after the last step)
+    resume: bool = False  # continue the run in `out` from its last checkpoint
     progress: bool = True
 
     def check(self) -> None:
         for name in ("max_prompt_length", "max_new_tokens", "batch_size", "mini_batches", "ppo_epochs", "lora_rank",
-                     "kl_horizon"):
+                     "kl_horizon", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise LmlabError(f"{name.replace('_', ' ')} must be at least 1, not {getattr(self, name)}")
         if self.steps is not None and self.steps < 1:
@@ -463,23 +469,37 @@ def align_ppo(s: PPOSettings) -> PPOResult:
     generator = torch.Generator().manual_seed(s.seed)
     order = PromptOrder(len(prompts), s.batch_size, generator)
     identity = {"kind": "ppo", **json.loads(json.dumps(asdict(s), default=str))}
-    identity.pop("progress")
-    history: list[dict[str, Any]] = []
-    with open_run(s.out, identity) as run, open(run.path / METRICS_FILE, "w", encoding="utf-8", buffering=1) as log:
-        bar = tqdm(range(1, steps + 1), desc="PPO", unit="step", disable=not s.progress, dynamic_ncols=True)
-        train_start = time.perf_counter()
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=s.dtype == "bf16")
-        for step in bar:
-            with autocast:
-                rows = order.next()
-                record = ppo_step(m, s, step, [prompts[i] for i in rows], [closings[i] for i in rows], controller,
-                                  optimizer, params, generator)
-            log.write(json_line(record))
-            history.append(record)
-            bar.set_postfix(reward=f"{record['reward']:.3f}", kl=f"{record['kl']:.2f}", coef=f"{controller.coef:.3f}")
-            say(f"step {step}: reward {record['reward']:.3f}, KL {record['kl']:.3f}, entropy {record['entropy']:.2f}; "
-                f"sample: {record['sample'][:100]!r}")
-        bar.close()
+    for how_long in ("steps", "epochs", "checkpoint_every", "resume", "progress"):  # not what decides a step
+        identity.pop(how_long)
+    with open_run(s.out, identity, resume=s.resume) as run:
+        state = PPOState(0, s.kl_coef, [], 0.0)
+        latest = run.latest_checkpoint() if run.resume else None
+        if latest is not None:
+            state, order.queue = load_ppo_checkpoint(latest, m.policy, m.value_head, optimizer, generator)
+            controller.coef = state.kl_coef
+            say(f"resumed from {latest} (step {state.step} of {steps})")
+        history = state.history
+        run.metrics.write_text("".join(json_line(r) for r in history), encoding="utf-8")
+        with open(run.metrics, "a", encoding="utf-8", buffering=1) as log:
+            bar = tqdm(range(state.step + 1, steps + 1), desc="PPO", unit="step", disable=not s.progress,
+                       dynamic_ncols=True, initial=state.step, total=steps)
+            train_start = time.perf_counter() - state.train_seconds
+            autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=s.dtype == "bf16")
+            for step in bar:
+                with autocast:
+                    rows = order.next()
+                    record = ppo_step(m, s, step, [prompts[i] for i in rows], [closings[i] for i in rows], controller,
+                                      optimizer, params, generator)
+                log.write(json_line(record))
+                history.append(record)
+                bar.set_postfix(reward=f"{record['reward']:.3f}", kl=f"{record['kl']:.2f}", coef=f"{controller.coef:.3f}")
+                say(f"step {step}: reward {record['reward']:.3f}, KL {record['kl']:.3f}, entropy {record['entropy']:.2f}; "
+                    f"sample: {record['sample'][:100]!r}")
+                if step % s.checkpoint_every == 0 or step == steps:
+                    save_ppo_checkpoint(run.checkpoints, PPOState(step, controller.coef, history,
+                                                                  time.perf_counter() - train_start),
+                                        m.policy, m.value_head, optimizer, generator, order.queue)
+            bar.close()
         train_seconds = time.perf_counter() - train_start
         plot_ppo(history, run.path / PLOT_FILE, s.target_kl)
         adapter_dir = save_adapter(m.policy, run.path / "adapter", base_reference(s.model), report, overwrite=True)

@@ -54,7 +54,8 @@ PPO's prompts (--prompts: .jsonl, .json or .csv) are a "prompt" field (text or
 chat messages) per record, or HH-RLHF "chosen"/"rejected" conversations (their
 shared turns). Each step logs the mean reward, KL, entropy, losses and one
 sampled answer; OUT gets metrics.jsonl, ppo.png (reward and KL per step),
-ppo.json, model/ (adapters merged), adapter/ and value_head/.
+ppo.json, model/ (adapters merged), adapter/, value_head/ and checkpoints/
+(every --checkpoint-every steps; --resume continues from the last one).
 
 DPO's OUT gets the trainer's run files (run.json, metrics.jsonl, loss.png,
 checkpoints/, --resume continues), finetune.json (settings, scores, times,
@@ -78,6 +79,7 @@ PPO_OPTIONS = (  # option, type, metavar, help: each fills the PPOSettings field
     ("--lam", float, "L", "GAE's lambda"),
     ("--clip-range", float, "EPS", "PPO's ratio clip epsilon"),
     ("--vf-coef", float, "C", "weight of the value loss"),
+    ("--checkpoint-every", int, "N", "steps between checkpoints (--resume continues from the last)"),
 )
 
 
@@ -92,12 +94,13 @@ def _ppo(args: argparse.Namespace) -> bool:
 RULES = (
     *(Applies(option, _dpo, "is an option of --method dpo; drop it for ppo", name) for option, name in (
         ("--data", None), ("--val", None), ("--val-fraction", None), ("--beta", None), ("--max-length", None),
-        ("--grad-accum", None), ("--eval-every", None), ("--resume", None))),
+        ("--grad-accum", None), ("--eval-every", None))),
     Applies("--weights", _dpo, "full: PPO trains LoRA adapters here (the reference is the model with its adapters "
             "off); drop --weights"),
     *(Applies(option, _ppo, "is an option of --method ppo; drop it for dpo") for option in (
         "--reward", "--value", "--prompts", "--max-prompt-length", "--max-new-tokens", "--ppo-epochs",
-        "--mini-batches", "--kl-coef", "--target-kl", "--gamma", "--lam", "--clip-range", "--vf-coef")),
+        "--mini-batches", "--kl-coef", "--target-kl", "--gamma", "--lam", "--clip-range", "--vf-coef",
+        "--checkpoint-every")),
 )
 
 
@@ -173,7 +176,7 @@ def ppo_settings_from(args: argparse.Namespace) -> PPOSettings:
         mini_batches=args.mini_batches, ppo_epochs=args.ppo_epochs, lr=args.lr, lora_rank=args.lora_rank,
         lora_alpha=args.lora_alpha, lora_targets=args.lora_targets, kl_coef=args.kl_coef, target_kl=args.target_kl,
         gamma=args.gamma, lam=args.lam, clip_range=args.clip_range, vf_coef=args.vf_coef, dtype=args.dtype,
-        seed=args.seed, progress=not args.no_progress,
+        seed=args.seed, checkpoint_every=args.checkpoint_every, resume=args.resume, progress=not args.no_progress,
     )
 
 
