@@ -150,6 +150,19 @@ def test_generative_qa_extracts_a_span_by_default(tiny_chat):
     assert 0 < out["score"] <= 1
 
 
+def test_generative_qa_reads_the_selected_sentence(tiny_chat, minilm_dir):
+    from lmlab.pipelines.sentence_selection import select_sentences
+
+    context = "Tom said hello to Ann in the garden. The weather in Paris was cold and wet in May."
+    question = "what was the weather like in Paris?"
+    selector = load_model(str(minilm_dir))
+    (start, end), = select_sentences(selector, question, context, 1)
+    qa = lmlab.pipeline("question-answering", tiny_chat[0], max_new_tokens=4, selector=selector)
+    assert "sentence selection" in qa.describe()
+    out = qa(question=question, context=context)
+    assert start <= out["start"] < out["end"] <= end and out["answer"] == context[out["start"]:out["end"]]
+
+
 def test_a_prefix_longer_than_the_window_is_scored_on_its_last_tokens(tiny_chat):
     import torch
     import torch.nn.functional as F

@@ -10,7 +10,10 @@
   pipeline, the same steps and defaults).
 - Generative (the default, on SmolLM2-135M-Instruct): the model is asked to
   answer with a phrase copied from the context, after three written examples
-  (`QA_DEMONSTRATIONS`). By default its greedy decoding is constrained to spans
+  (`QA_DEMONSTRATIONS`). It reads only the `sentences` (default 1; 0: all)
+  sentences of the context closest to the question (pipelines/
+  sentence_selection.py, Min et al. 2018: MiniLM-L6 cosine + word overlap).
+  By default its greedy decoding is constrained to spans
   of the context (generation/constrained.py, Castel et al. 2022), so the answer
   is extracted by the language model itself; with `constrained=False` it writes
   freely and the answer is the first line it writes. The answer's score is its
@@ -29,10 +32,11 @@ from lmlab.errors import LmlabError
 from lmlab.generation import GenerationConfig
 from lmlab.generation.chat import user_message
 from lmlab.generation.constrained import greedy_span
-from lmlab.hub.resolve import LoadedModel
+from lmlab.hub.resolve import LoadedModel, load_model
 from lmlab.evaluation.harness import PromptedModel
 from lmlab.pipelines.base import Pipeline, check_text, pad_id, truncating
 from lmlab.pipelines.scoring import continuation_logprobs
+from lmlab.pipelines.sentence_selection import select_sentences, split_sentences
 
 QA_PROMPT = ("Answer the question with a short phrase copied from the context.\n\n"
              "Context: {context}\n\nQuestion: {question}")
@@ -93,7 +97,7 @@ class QuestionAnsweringPipeline(Pipeline):
     task = "question-answering"
 
     def __init__(self, loaded: LoadedModel, max_new_tokens: int = 32, constrained: bool = True, shots: int = 3,
-                 **kwargs: Any) -> None:
+                 sentences: int = 1, selector: str | LoadedModel = "minilm-l6", **kwargs: Any) -> None:
         super().__init__(loaded, **kwargs)
         c = loaded.model.config
         self.extractive = c.head == "question-answering"
@@ -105,13 +109,19 @@ class QuestionAnsweringPipeline(Pipeline):
         if not 0 <= shots <= len(QA_DEMONSTRATIONS):
             raise LmlabError(f"shots must be 0 to {len(QA_DEMONSTRATIONS)} (the written demonstrations), not {shots}")
         self.constrained, self.shots = constrained, shots
+        if sentences < 0:
+            raise LmlabError(f"sentences is how many sentences of the context to read (0: all), not {sentences}")
+        self.sentences, self.selector = sentences, selector
 
     def describe(self) -> str:
         if self.extractive:
             return f"{self.loaded.reference}, extractive (start/end head)"
+        reads = (f", reading the {self.sentences} sentence(s) of the context closest to the question "
+                 f"(sentence selection: {getattr(self.selector, 'reference', self.selector)} cosine + word overlap)"
+                 if self.sentences else "")
         if self.constrained:
-            return f"{self.loaded.reference}, generative, greedy decoding constrained to spans of the context"
-        return f"{self.loaded.reference}, generative (answer written, located in the context)"
+            return f"{self.loaded.reference}, generative, greedy decoding constrained to spans of the context{reads}"
+        return f"{self.loaded.reference}, generative (answer written, located in the context){reads}"
 
     def is_single(self, inputs: Any) -> bool:
         return isinstance(inputs, dict)
@@ -157,25 +167,44 @@ class QuestionAnsweringPipeline(Pipeline):
                 answers.append({"score": score, "start": start, "end": end, "answer": context[start:end]})
         return sorted(answers, key=lambda a: -a["score"])[:top_k]
 
+    def _read(self, question: str, context: str) -> list[tuple[int, int]]:
+        """The (start, end) characters of the context the model reads: the selected sentences, or all of it."""
+        if not self.sentences:
+            return [(0, len(context))]
+        spans = split_sentences(context)
+        if len(spans) <= self.sentences:
+            return spans
+        if isinstance(self.selector, str):  # loaded on first use: a one-sentence context needs no encoder
+            self.selector = load_model(self.selector)
+        return select_sentences(self.selector, question, context, self.sentences)
+
     def _generate(self, items: list[tuple[str, str]]) -> list[list[dict[str, Any]]]:
         prompted = PromptedModel.create(self.model, self.tokenizer)
-        prompts = [prompted.ids(qa_prompt(q, c, prompted.chat, self.shots)) for q, c in items]
+        regions = [self._read(q, c) for q, c in items]
+        read = [" ".join(c[s:e] for s, e in spans) for (_, c), spans in zip(items, regions)]
+        prompts = [prompted.ids(qa_prompt(q, r, prompted.chat, self.shots)) for (q, _), r in zip(items, read)]
         if self.constrained:
-            return [[self._located(context, first_line(a.text), a.logprob)] for (_, context), a in
-                    zip(items, greedy_span(self.model, self.tokenizer, prompts, [c for _, c in items],
-                                           self.max_new_tokens))]
+            answers = greedy_span(self.model, self.tokenizer, prompts, read, self.max_new_tokens)
+            return [[self._located(c, first_line(a.text), a.logprob, spans)]
+                    for (_, c), a, spans in zip(items, answers, regions)]
         texts = prompted.complete(prompts, GenerationConfig(max_new_tokens=self.max_new_tokens, truncate=True),
                                   self.batch_size)
         answers = [first_line(text) for text in texts]
         scored = continuation_logprobs(self.model, [(p, self.tokenizer.encode(a) or [pad_id(self.loaded)])
                                                     for p, a in zip(prompts, answers)], pad_id(self.loaded))
-        return [[self._located(context, answer, logprob)] for (_, context), answer, logprob in
-                zip(items, answers, scored)]
+        return [[self._located(c, answer, logprob, spans)] for (_, c), answer, logprob, spans in
+                zip(items, answers, scored, regions)]
 
     @staticmethod
-    def _located(context: str, answer: str, logprob: float) -> dict[str, Any]:
-        """The answer with its probability and its characters in the context (0, 0 when it is not there)."""
-        start = context.lower().find(answer.lower()) if answer else -1
+    def _located(context: str, answer: str, logprob: float, regions: list[tuple[int, int]]) -> dict[str, Any]:
+        """The answer with its probability and its characters in the context, found first in the regions the
+        model read, then anywhere ((0, 0) when it is not there)."""
+        start = -1
+        for s, e in [*regions, (0, len(context))] if answer else []:
+            found = context[s:e].lower().find(answer.lower())
+            if found >= 0:
+                start = s + found
+                break
         span = (start, start + len(answer)) if start >= 0 else (0, 0)
         text = context[span[0]:span[1]] if start >= 0 else answer
         return {"score": float(np.exp(logprob)), "start": span[0], "end": span[1], "answer": text}
