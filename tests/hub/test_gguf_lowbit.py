@@ -49,9 +49,9 @@ def test_a_q4_tensor_loaded_as_int4_gives_the_matmul_of_its_dequantized_values(t
     blocks = int4_from_blocks(tensor, CONFIG)
     assert blocks.group_size == 32
     torch.testing.assert_close(blocks.dequantize(), dequantized, atol=1e-6, rtol=0)  # the mapping is exact
+    calls = spy_kernel(monkeypatch, "_weight_int4pack_mm_for_cpu")
     layer = Int4Linear(64, rows, bias=False, group_size=32)
     layer.store(blocks)
-    calls = spy_kernel(monkeypatch, "_weight_int4pack_mm_for_cpu")
     x = torch.randn(5, 64)
     y = layer(x)
     assert calls

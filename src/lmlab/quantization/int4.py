@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lmlab import kernels
 from lmlab.errors import LmlabError
 
 GROUP_SIZES = (32, 64, 128)
@@ -132,6 +133,18 @@ def kernel_matmul(x: torch.Tensor, packed: torch.Tensor, group_size: int, scale_
     return y if x.dtype == KERNEL_DTYPE else y.to(x.dtype)
 
 
+def native_matmul(x: torch.Tensor, product) -> torch.Tensor:
+    """x [..., in] times a matrix through `product` (one of lmlab's kernels, lmlab.kernels: rows [n, in] of fp32
+    or bf16 to [n, out] of the same dtype), in x's dtype."""
+    if x.device.type != "cpu":
+        raise LmlabError(f"low-bit layers run on CPU kernels; the input is on {x.device}")
+    rows = x.reshape(-1, x.shape[-1])
+    rows = (rows if rows.dtype in (torch.float32, KERNEL_DTYPE) else rows.to(KERNEL_DTYPE)).contiguous()
+    y = product(rows)
+    y = y.view(*x.shape[:-1], y.shape[-1])
+    return y if x.dtype == y.dtype else y.to(x.dtype)
+
+
 def kernel_operands(quantized: Int4Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(packed codes in the kernel's layout, scales and offsets as [groups, rows, 2] in bf16)."""
     # the kernel's layout is a sequence of blocks of 64 (or 32) rows, so packing 4096 rows at a time gives
@@ -161,6 +174,7 @@ class Int4Linear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features, device=device), False) if bias else None
         self.packed: torch.Tensor | None = None
         self.scale_offset: torch.Tensor | None = None
+        self.native = False  # True: the operands are in the layout of lmlab's kernels (store)
 
     @classmethod
     def from_float(cls, linear: nn.Linear, group_size: int = DEFAULT_GROUP_SIZE) -> Int4Linear:
@@ -171,7 +185,12 @@ class Int4Linear(nn.Module):
         return layer
 
     def store(self, quantized: Int4Tensor) -> None:
-        self.packed, self.scale_offset = kernel_operands(quantized)
+        """Keep `quantized` in the layout of lmlab's kernel (lmlab.kernels) or, without it, of PyTorch's."""
+        self.native = kernels.native() is not None
+        if self.native:
+            self.packed, self.scale_offset = kernels.int4_layout(quantized.q, quantized.scale, quantized.offset)
+        else:
+            self.packed, self.scale_offset = kernel_operands(quantized)
 
     @classmethod
     def stack_rows(cls, layers: list[Int4Linear]) -> Int4Linear | None:
@@ -193,6 +212,8 @@ class Int4Linear(nn.Module):
     @torch.no_grad()
     def quantized(self) -> Int4Tensor:
         """The codes, scales and offsets, read back from the kernel's layout."""
+        if self.native:
+            return Int4Tensor(*kernels.int4_codes(self.packed, self.scale_offset), self.group_size)
         eye = torch.eye(self.in_features, dtype=KERNEL_DTYPE)
         unit = torch.tensor([1.0, 8.0], dtype=KERNEL_DTYPE).expand_as(self.scale_offset).contiguous()
         codes = torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.packed, self.group_size, unit)
@@ -207,14 +228,22 @@ class Int4Linear(nn.Module):
     def rows_function(self, dtype: torch.dtype):
         """The kernel alone, as a function of contiguous rows [n, in_features] of `dtype` (a decode loop's
         call, lmlab.models.decode_step: the same product as forward, without its reshapes and checks);
-        None if `dtype` is not the kernel's or the layer has a bias."""
-        if dtype != KERNEL_DTYPE or self.bias is not None:
-            return None
+        None if the layer has a bias, or `dtype` is not one the kernel takes (lmlab's: fp32 and bf16;
+        PyTorch's: bf16)."""
         packed, group_size, scale_offset = self.packed, self.group_size, self.scale_offset
+        if self.bias is not None or dtype not in ((torch.float32, KERNEL_DTYPE) if self.native else (KERNEL_DTYPE,)):
+            return None
+        if self.native:
+            product = kernels.compiled().int4_mm
+            return lambda rows: product(rows, packed, scale_offset, group_size)
         return lambda rows: torch.ops.aten._weight_int4pack_mm_for_cpu(rows, packed, group_size, scale_offset)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = kernel_matmul(x, self.packed, self.group_size, self.scale_offset)
+        if self.native:
+            product = kernels.compiled().int4_mm
+            y = native_matmul(x, lambda rows: product(rows, self.packed, self.scale_offset, self.group_size))
+        else:
+            y = kernel_matmul(x, self.packed, self.group_size, self.scale_offset)
         return y + self.bias.to(y.dtype) if self.bias is not None else y
 
     def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:

@@ -42,9 +42,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmlab import kernels
 from lmlab.errors import LmlabError
 from lmlab.models import Transformer
-from lmlab.quantization.int4 import Int4Linear, Int4Spec, int4_shape_problem
+from lmlab.quantization.int4 import Int4Linear, Int4Spec, int4_shape_problem, native_matmul
 from lmlab.quantization.tied import TiedHead
 from lmlab.quantization.schemes import QuantizedTensor, QuantSpec, quantize
 
@@ -90,8 +91,21 @@ class Int8Matrix(nn.Module):
             scale = self.scale.float().expand(rows, 1).reshape(rows)
             zero = None if self.zero is None else scale * self.zero.float().expand(rows, 1).reshape(rows)
             buffers = (self.qweight, self.scale, self.zero)
-            cached = self.__dict__["_kernel_cache"] = (buffers, scale.to(KERNEL_DTYPE), zero)
+            native = (zero is None and self.spec.granularity in ("channel", "tensor") and self.qweight.shape[1] % 32 == 0
+                      and self.qweight.device.type == "cpu" and kernels.native() is not None)
+            cached = self.__dict__["_kernel_cache"] = (buffers, scale.to(KERNEL_DTYPE), zero,
+                                                       scale.contiguous() if native else None)
         return self.qweight, cached[1], cached[2]
+
+    def native_operands(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(int8 matrix, fp32 scale per row) for lmlab's int8 kernel (lmlab.kernels), or None where it does not
+        apply: no compiled kernels (or LMLAB_KERNELS=torch when first used), a zero point, a group-wise scale,
+        rows of a length not a multiple of 32."""
+        if self.spec.granularity not in ("channel", "tensor"):
+            return None
+        qweight = self.kernel_operands()[0]
+        scale = self.__dict__["_kernel_cache"][3]
+        return None if scale is None else (qweight, scale)
 
     def extra_repr(self) -> str:
         rows, columns = self.qweight.shape
@@ -122,6 +136,11 @@ def int8_linear(x: torch.Tensor, weights: Int8Matrix, bias: torch.Tensor | None)
     """y = x Ŵᵀ + b with the int8 matrix of `weights`, in x's dtype (module docstring)."""
     if bias is not None and bias.dtype != x.dtype:
         bias = bias.to(x.dtype)
+    native = weights.native_operands() if x.device.type == "cpu" else None
+    if native is not None:
+        product = kernels.compiled().int8_mm
+        y = native_matmul(x, lambda rows: product(rows, *native))
+        return y + bias if bias is not None else y
     if not has_kernel(weights, x):
         return F.linear(x, weights.quantized.dequantize(x.dtype), bias)
     qweight, scale, scaled_zero = weights.kernel_operands()
@@ -139,7 +158,12 @@ def int8_linear(x: torch.Tensor, weights: Int8Matrix, bias: torch.Tensor | None)
 def int8_rows_function(weights: Int8Matrix, bias: torch.Tensor | None, dtype: torch.dtype):
     """The int8 kernel alone, as a function of contiguous rows [n, columns] of `dtype` (a decode loop's call,
     lmlab.models.decode_step: the same product as int8_linear, without its reshapes and checks); None
-    unless `dtype` is the kernel's and the layer is per channel (or tensor), without zero point or bias."""
+    unless `dtype` is the kernel's and the layer is per channel (or tensor), without zero point or bias.
+    lmlab's kernel (Int8Matrix.native_operands) takes fp32 and bf16 rows; PyTorch's bf16 only."""
+    native = weights.native_operands()
+    if native is not None and bias is None and dtype in (torch.float32, KERNEL_DTYPE):
+        product, (qweight, scale) = kernels.compiled().int8_mm, native
+        return lambda rows: product(rows, qweight, scale)
     if (dtype != KERNEL_DTYPE or bias is not None or weights.zero is not None
             or not has_kernel(weights, torch.empty(0, dtype=dtype, device=weights.qweight.device))):
         return None
