@@ -293,7 +293,8 @@ class Bench:
         questions = self._xquad(a.xquad_select)
         task = lmlab.pipeline("question-answering", self.model("smollm2-135m-instruct"), batch_size=4,
                               progress=a.progress, constrained=not a.qa_free, shots=a.qa_shots,
-                              max_new_tokens=a.qa_max_new_tokens, sentences=a.qa_sentences)
+                              max_new_tokens=a.qa_max_new_tokens, sentences=a.qa_sentences,
+                              best_prefix=not a.qa_whole_span)
         out = task([{"question": q["question"], "context": q["context"]} for q in questions])
         where = f"XQuAD dev, {a.xquad_select} questions of articles 1-12" if a.xquad_select else \
             "XQuAD dev, articles 13-24"
@@ -414,6 +415,8 @@ def main() -> None:
     qa.add_argument("--qa-shots", type=int, default=3, help="written demonstrations before the question (0-3, "
                                                             "default 3)")
     qa.add_argument("--qa-max-new-tokens", type=int, default=32, help="longest answer in tokens (default 32)")
+    qa.add_argument("--qa-whole-span", action="store_true",
+                    help="answer with the whole greedy span instead of its most likely prefix, P(prefix, end)")
     qa.add_argument("--qa-sentences", type=int, default=1, metavar="K",
                     help="read only the K sentences of the context closest to the question by MiniLM-L6 cosine "
                          "(Min et al. 2018); 0 reads the whole context (default 1)")

@@ -71,3 +71,23 @@ def test_a_greedy_answer_that_is_already_a_span_is_unchanged(tiny):
     for answer, (tokens, logprob) in zip(answers, free):
         assert answer.tokens == tokens
         assert answer.logprob == pytest.approx(logprob, abs=1e-4)
+
+
+def test_end_probabilities_and_the_most_likely_prefix_by_hand(tiny):
+    from lmlab.generation.constrained import most_likely_prefix
+
+    model, tokenizer = tiny
+    prompt = tokenizer.encode(PROMPTS[1])
+    answer = greedy_span(model, tokenizer, [prompt], [CONTEXT], max_new_tokens=6)[0]
+    ends = sorted(ends_of(model, tokenizer))
+    with torch.no_grad():
+        logprobs = F.log_softmax(model(torch.tensor([prompt + answer.tokens])).logits[0].float(), dim=-1)
+    # after k answer tokens, P(end) is the total probability of the end tokens at the next position
+    by_hand = [float(torch.logsumexp(logprobs[len(prompt) - 1 + k, ends], 0)) for k in range(1, len(answer.tokens) + 1)]
+    assert len(answer.end_logprobs) in (len(answer.tokens) - 1, len(answer.tokens))
+    assert answer.end_logprobs == pytest.approx(by_hand[:len(answer.end_logprobs)], abs=1e-4)
+    totals = [sum(answer.token_logprobs[:k]) + by_hand[k - 1] for k in range(1, len(answer.end_logprobs) + 1)]
+    k = max(range(len(totals)), key=totals.__getitem__) + 1
+    best = most_likely_prefix(answer, tokenizer)
+    assert best.tokens == answer.tokens[:k] and best.text == tokenizer.decode(answer.tokens[:k]).strip()
+    assert best.logprob == pytest.approx(sum(answer.token_logprobs[:k]), abs=1e-6)

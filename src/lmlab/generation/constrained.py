@@ -15,6 +15,15 @@ split over two tokens is handled exactly. Leading whitespace of the answer is
 ignored (" Paris" continues to "Paris"), but a token of whitespace alone cannot
 start it. When the unconstrained greedy answer
 already is a span, every token it chose was allowed, so the two are the same.
+
+Greedy decoding need not find the most likely answer (Castel et al.'s point):
+it stops only when an end token is the single likeliest next token, so a small
+model copying from its context runs on past the answer. `most_likely_prefix`
+searches, for free, the answers greedy passed on its way: every prefix of its
+answer is a span too, and the decoding step after it already gave
+P(end | prompt, prefix), so the prefix maximizing
+log P(prefix | prompt) + log P(end | prompt, prefix) is the most likely complete
+answer among them (an exact search restricted to the greedy path).
 """
 
 from __future__ import annotations
@@ -39,6 +48,8 @@ class SpanAnswer:
     tokens: list[int]
     text: str
     logprob: float
+    token_logprobs: list[float]  # log P(token_i | prompt, tokens_<i)
+    end_logprobs: list[float]  # [i]: log P(the answer ends | prompt, tokens_<=i), over the end tokens
 
 
 class _TokenBytes:
@@ -72,6 +83,20 @@ def allowed_next(logits: torch.Tensor, written: bytes, context: bytes, ends: set
     return None
 
 
+def most_likely_prefix(answer: SpanAnswer, tokenizer) -> SpanAnswer:
+    """The prefix of `answer` (at least one token) with the highest log P(prefix, end | prompt); the whole
+    answer when no end probability is known (see the module docstring)."""
+    if not answer.end_logprobs:
+        return answer
+    totals = torch.tensor(answer.token_logprobs[:len(answer.end_logprobs)]).cumsum(0) + \
+        torch.tensor(answer.end_logprobs)
+    k = int(totals.argmax()) + 1
+    spell = _TokenBytes(tokenizer)
+    text = b"".join(spell[t] for t in answer.tokens[:k]).decode("utf-8", errors="ignore").strip()
+    return SpanAnswer(answer.tokens[:k], text, sum(answer.token_logprobs[:k]), answer.token_logprobs[:k],
+                      answer.end_logprobs[:k])
+
+
 @torch.inference_mode()
 def greedy_span(model: Transformer, tokenizer, prompts: Sequence[list[int]], contexts: Sequence[str],
                 max_new_tokens: int = 32) -> list[SpanAnswer]:
@@ -92,12 +117,17 @@ def greedy_span(model: Transformer, tokenizer, prompts: Sequence[list[int]], con
     fill = padding_id(model, tokenizer)
     runner = CausalDecoder(model, rows, fill, max_new_tokens)
     written, tokens = [b""] * len(rows), [[] for _ in rows]
-    logprobs, done = [0.0] * len(rows), [False] * len(rows)
+    steps: list[list[float]] = [[] for _ in rows]
+    ends_after: list[list[float]] = [[] for _ in rows]
+    done = [False] * len(rows)
+    end_list = torch.tensor(sorted(ends))
     logits = runner.start()
     for step in range(max_new_tokens):
         scores = F.log_softmax(logits.float(), dim=-1)
         chosen = [fill] * len(rows)  # a finished row runs on padding, its output unread
         for b in range(len(rows)):
+            if not done[b] and tokens[b]:
+                ends_after[b].append(float(torch.logsumexp(scores[b, end_list], 0)))
             token = None if done[b] else allowed_next(scores[b], written[b], targets[b], ends, spell)
             if token is None:
                 done[b] = True
@@ -105,12 +135,12 @@ def greedy_span(model: Transformer, tokenizer, prompts: Sequence[list[int]], con
             chosen[b] = token
             tokens[b].append(token)
             written[b] += spell[token]
-            logprobs[b] += float(scores[b, token])
+            steps[b].append(float(scores[b, token]))
         if all(done) or step == max_new_tokens - 1:
             break
         logits = runner.step(torch.tensor(chosen, device=logits.device))
-    return [SpanAnswer(t, w.decode("utf-8", errors="ignore").strip(), lp)
-            for t, w, lp in zip(tokens, written, logprobs)]
+    return [SpanAnswer(t, w.decode("utf-8", errors="ignore").strip(), sum(lp), lp, e)
+            for t, w, lp, e in zip(tokens, written, steps, ends_after)]
 
 
-__all__ = ["SpanAnswer", "allowed_next", "greedy_span"]
+__all__ = ["SpanAnswer", "allowed_next", "greedy_span", "most_likely_prefix"]

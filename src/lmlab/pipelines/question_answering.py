@@ -15,7 +15,9 @@
   sentence_selection.py, Min et al. 2018: MiniLM-L6 cosine + word overlap).
   By default its greedy decoding is constrained to spans
   of the context (generation/constrained.py, Castel et al. 2022), so the answer
-  is extracted by the language model itself; with `constrained=False` it writes
+  is extracted by the language model itself, and the answer is the prefix of the
+  greedy span with the highest P(prefix, end) (`best_prefix=False`: the whole
+  greedy span); with `constrained=False` it writes
   freely and the answer is the first line it writes. The answer's score is its
   probability under the model, P(answer | prompt), and start/end locate it in
   the context (both 0 when a free answer is not a span of it).
@@ -31,7 +33,7 @@ import torch
 from lmlab.errors import LmlabError
 from lmlab.generation import GenerationConfig
 from lmlab.generation.chat import user_message
-from lmlab.generation.constrained import greedy_span
+from lmlab.generation.constrained import greedy_span, most_likely_prefix
 from lmlab.hub.resolve import LoadedModel, load_model
 from lmlab.evaluation.harness import PromptedModel
 from lmlab.pipelines.base import Pipeline, check_text, pad_id, truncating
@@ -97,7 +99,8 @@ class QuestionAnsweringPipeline(Pipeline):
     task = "question-answering"
 
     def __init__(self, loaded: LoadedModel, max_new_tokens: int = 32, constrained: bool = True, shots: int = 3,
-                 sentences: int = 1, selector: str | LoadedModel = "minilm-l6", **kwargs: Any) -> None:
+                 sentences: int = 1, selector: str | LoadedModel = "minilm-l6", best_prefix: bool = True,
+                 **kwargs: Any) -> None:
         super().__init__(loaded, **kwargs)
         c = loaded.model.config
         self.extractive = c.head == "question-answering"
@@ -111,7 +114,7 @@ class QuestionAnsweringPipeline(Pipeline):
         self.constrained, self.shots = constrained, shots
         if sentences < 0:
             raise LmlabError(f"sentences is how many sentences of the context to read (0: all), not {sentences}")
-        self.sentences, self.selector = sentences, selector
+        self.sentences, self.selector, self.best_prefix = sentences, selector, best_prefix
 
     def describe(self) -> str:
         if self.extractive:
@@ -120,7 +123,9 @@ class QuestionAnsweringPipeline(Pipeline):
                  f"(sentence selection: {getattr(self.selector, 'reference', self.selector)} cosine + word overlap)"
                  if self.sentences else "")
         if self.constrained:
-            return f"{self.loaded.reference}, generative, greedy decoding constrained to spans of the context{reads}"
+            ending = ", the most likely of its prefixes" if self.best_prefix else ""
+            return (f"{self.loaded.reference}, generative, greedy decoding constrained to spans of the "
+                    f"context{ending}{reads}")
         return f"{self.loaded.reference}, generative (answer written, located in the context){reads}"
 
     def is_single(self, inputs: Any) -> bool:
@@ -185,6 +190,8 @@ class QuestionAnsweringPipeline(Pipeline):
         prompts = [prompted.ids(qa_prompt(q, r, prompted.chat, self.shots)) for (q, _), r in zip(items, read)]
         if self.constrained:
             answers = greedy_span(self.model, self.tokenizer, prompts, read, self.max_new_tokens)
+            if self.best_prefix:
+                answers = [most_likely_prefix(a, self.tokenizer) for a in answers]
             return [[self._located(c, first_line(a.text), a.logprob, spans)]
                     for (_, c), a, spans in zip(items, answers, regions)]
         texts = prompted.complete(prompts, GenerationConfig(max_new_tokens=self.max_new_tokens, truncate=True),

@@ -55,7 +55,8 @@ TASKS: dict[str, Task] = {
         "a start/end head if the model has one (extractive, `lmlab finetune minilm-l6 --task question-answering`); "
         "by default SmolLM2 writes the answer after three examples, reading the context's sentence closest to the "
         "question (MiniLM-L6 cosine + word overlap, Min et al. 2018; --option sentences=K for K, 0 for all), its "
-        "greedy decoding constrained to spans of it (Castel et al. 2022; --option constrained=false writes freely, "
+        "greedy decoding constrained to spans of it and cut to its most likely prefix (Castel et al. 2022; "
+        "--option best_prefix=false keeps the whole span, --option constrained=false writes freely, "
         "--option shots=N for N examples)"),
     "fill-mask": Task(FillMaskPipeline, GENERATOR,
                       "a masked-LM head if the model has one; by default SmolLM2 scores its top next-token candidates "
