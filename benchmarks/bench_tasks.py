@@ -294,7 +294,7 @@ class Bench:
         task = lmlab.pipeline("question-answering", self.model("smollm2-135m-instruct"), batch_size=4,
                               progress=a.progress, constrained=not a.qa_free, shots=a.qa_shots,
                               max_new_tokens=a.qa_max_new_tokens, sentences=a.qa_sentences,
-                              best_prefix=not a.qa_whole_span)
+                              best_prefix=not a.qa_whole_span, trim=not a.qa_no_trim)
         out = task([{"question": q["question"], "context": q["context"]} for q in questions])
         where = f"XQuAD dev, {a.xquad_select} questions of articles 1-12" if a.xquad_select else \
             "XQuAD dev, articles 13-24"
@@ -417,6 +417,8 @@ def main() -> None:
     qa.add_argument("--qa-max-new-tokens", type=int, default=32, help="longest answer in tokens (default 32)")
     qa.add_argument("--qa-whole-span", action="store_true",
                     help="answer with the whole greedy span instead of its most likely prefix, P(prefix, end)")
+    qa.add_argument("--qa-no-trim", action="store_true",
+                    help="keep stop words and the question's words at the ends of the answer")
     qa.add_argument("--qa-sentences", type=int, default=1, metavar="K",
                     help="read only the K sentences of the context closest to the question by MiniLM-L6 cosine "
                          "(Min et al. 2018); 0 reads the whole context (default 1)")

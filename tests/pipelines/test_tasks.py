@@ -150,6 +150,16 @@ def test_generative_qa_extracts_a_span_by_default(tiny_chat):
     assert 0 < out["score"] <= 1
 
 
+def test_trim_answer_cuts_question_and_stop_words_at_the_ends_only():
+    from lmlab.pipelines.question_answering import trim_answer
+
+    question = "Which party is strongest in Victoria's regions?"
+    assert trim_answer("The Nationals are strongest in", question) == "Nationals"
+    assert trim_answer("the party of the Nationals, in Victoria", question) == "Nationals,"
+    assert trim_answer("Greens strongest in Melbourne", question) == "Greens strongest in Melbourne"
+    assert trim_answer("the", question) == "the" and trim_answer("", question) == ""
+
+
 def test_generative_qa_reads_the_selected_sentence(tiny_chat, minilm_dir):
     from lmlab.pipelines.sentence_selection import select_sentences
 

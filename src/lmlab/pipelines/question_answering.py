@@ -17,7 +17,11 @@
   of the context (generation/constrained.py, Castel et al. 2022), so the answer
   is extracted by the language model itself, and the answer is the prefix of the
   greedy span with the highest P(prefix, end) (`best_prefix=False`: the whole
-  greedy span); with `constrained=False` it writes
+  greedy span); last, words at either end of the answer that are stop words or
+  words of the question are cut off (`trim=False` keeps them): an answer
+  rarely repeats its question (the word-in-question feature of FastQA,
+  Weissenborn et al. 2017), and a small model copying from the context
+  often starts with the question's own words; with `constrained=False` it writes
   freely and the answer is the first line it writes. The answer's score is its
   probability under the model, P(answer | prompt), and start/end locate it in
   the context (both 0 when a free answer is not a span of it).
@@ -25,6 +29,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -38,7 +43,7 @@ from lmlab.hub.resolve import LoadedModel, load_model
 from lmlab.evaluation.harness import PromptedModel
 from lmlab.pipelines.base import Pipeline, check_text, pad_id, truncating
 from lmlab.pipelines.scoring import continuation_logprobs
-from lmlab.pipelines.sentence_selection import select_sentences, split_sentences
+from lmlab.pipelines.sentence_selection import content_words, select_sentences, split_sentences
 
 QA_PROMPT = ("Answer the question with a short phrase copied from the context.\n\n"
              "Context: {context}\n\nQuestion: {question}")
@@ -73,6 +78,22 @@ def first_line(text: str) -> str:
     return line.strip().rstrip(".").strip()
 
 
+def trim_answer(answer: str, question: str) -> str:
+    """`answer` without the words at its ends that are stop words or content words of `question` (at least one
+    word is kept); still a span of whatever `answer` was a span of."""
+    asked = content_words(question)
+    words = list(re.finditer(r"\S+", answer))
+
+    def repeats(word: re.Match) -> bool:
+        own = content_words(word.group())
+        return not own or bool(own & asked)
+    while len(words) > 1 and repeats(words[0]):
+        words.pop(0)
+    while len(words) > 1 and repeats(words[-1]):
+        words.pop()
+    return answer[words[0].start():words[-1].end()] if words else answer
+
+
 def select_spans(start: np.ndarray, end: np.ndarray, context_mask: np.ndarray, top_k: int,
                  max_answer_len: int) -> list[tuple[int, int, float]]:
     """The top_k (start token, end token, score) spans of one window (see the module docstring)."""
@@ -100,7 +121,7 @@ class QuestionAnsweringPipeline(Pipeline):
 
     def __init__(self, loaded: LoadedModel, max_new_tokens: int = 32, constrained: bool = True, shots: int = 3,
                  sentences: int = 1, selector: str | LoadedModel = "minilm-l6", best_prefix: bool = True,
-                 **kwargs: Any) -> None:
+                 trim: bool = True, **kwargs: Any) -> None:
         super().__init__(loaded, **kwargs)
         c = loaded.model.config
         self.extractive = c.head == "question-answering"
@@ -114,7 +135,7 @@ class QuestionAnsweringPipeline(Pipeline):
         self.constrained, self.shots = constrained, shots
         if sentences < 0:
             raise LmlabError(f"sentences is how many sentences of the context to read (0: all), not {sentences}")
-        self.sentences, self.selector, self.best_prefix = sentences, selector, best_prefix
+        self.sentences, self.selector, self.best_prefix, self.trim = sentences, selector, best_prefix, trim
 
     def describe(self) -> str:
         if self.extractive:
@@ -123,7 +144,8 @@ class QuestionAnsweringPipeline(Pipeline):
                  f"(sentence selection: {getattr(self.selector, 'reference', self.selector)} cosine + word overlap)"
                  if self.sentences else "")
         if self.constrained:
-            ending = ", the most likely of its prefixes" if self.best_prefix else ""
+            ending = (", the most likely of its prefixes" if self.best_prefix else "") + \
+                (", question and stop words trimmed from its ends" if self.trim else "")
             return (f"{self.loaded.reference}, generative, greedy decoding constrained to spans of the "
                     f"context{ending}{reads}")
         return f"{self.loaded.reference}, generative (answer written, located in the context){reads}"
@@ -192,8 +214,11 @@ class QuestionAnsweringPipeline(Pipeline):
             answers = greedy_span(self.model, self.tokenizer, prompts, read, self.max_new_tokens)
             if self.best_prefix:
                 answers = [most_likely_prefix(a, self.tokenizer) for a in answers]
-            return [[self._located(c, first_line(a.text), a.logprob, spans)]
-                    for (_, c), a, spans in zip(items, answers, regions)]
+            texts = [first_line(a.text) for a in answers]
+            if self.trim:
+                texts = [trim_answer(t, q) for (q, _), t in zip(items, texts)]
+            return [[self._located(c, t, a.logprob, spans)]
+                    for (_, c), t, a, spans in zip(items, texts, answers, regions)]
         texts = prompted.complete(prompts, GenerationConfig(max_new_tokens=self.max_new_tokens, truncate=True),
                                   self.batch_size)
         answers = [first_line(text) for text in texts]
