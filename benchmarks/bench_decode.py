@@ -10,6 +10,9 @@ machine slows them alike. For each it prints:
 - prefill tokens/s: prompt tokens / (time until the first new token);
 - decode tokens/s: (new tokens - 1) / (time from the first new token to the last), the per-token loop;
 
+lmlab-int8 and lmlab-int4 run lmlab's VNNI kernels where they build (lmlab.kernels); lmlab-int8-torch and
+lmlab-int4-torch are the same models on PyTorch's low-bit kernels (LMLAB_KERNELS=torch), for the ratio.
+
 then the medians over the rounds, the ratios the acceptance names, whether lmlab and transformers
 wrote the same tokens at the same dtype, the load average (before and after) and the CPU's
 matrix-math flags (bf16 is emulated without AVX512-BF16 or AMX).
@@ -40,8 +43,8 @@ from lmlab.hub.resolve import embedded_path, load_model
 
 MODEL = "smollm2-135m-instruct"
 PROMPT_TOKENS = 300
-RUNNERS = ("lmlab-fp32", "lmlab-bf16", "lmlab-int8", "lmlab-int4", "transformers-fp32", "transformers-bf16",
-           "llama.cpp")
+RUNNERS = ("lmlab-fp32", "lmlab-bf16", "lmlab-int8", "lmlab-int4", "lmlab-int8-torch", "lmlab-int4-torch",
+           "transformers-fp32", "transformers-bf16", "llama.cpp")
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 TEXT = """The history of bread is the history of people settling down. Long before anyone wrote, people \
@@ -83,11 +86,21 @@ def load_average() -> str:
 
 
 def lmlab_runner(dtype: str, group_size: int, prompt: list[int], new_tokens: int) -> Callable[[int], Timing]:
-    """Load the embedded model in `dtype` (int8/int4: quantized on load); raise if lmlab cannot yet."""
+    """Load the embedded model in `dtype` (int8/int4: quantized on load; "int8-torch" / "int4-torch": the same
+    on PyTorch's low-bit kernels instead of lmlab's, LMLAB_KERNELS=torch while loading); raise if lmlab cannot."""
+    dtype, _, kernels = dtype.partition("-")
     if dtype in TORCH_DTYPES:
         loaded = load_model(MODEL, dtype=TORCH_DTYPES[dtype], fuse=True)
     else:
-        loaded = load_model(MODEL, dtype=dtype, group_size=group_size if dtype == "int4" else None, fuse=True)
+        before = os.environ.get("LMLAB_KERNELS")
+        os.environ["LMLAB_KERNELS"] = kernels or before or ""
+        try:
+            loaded = load_model(MODEL, dtype=dtype, group_size=group_size if dtype == "int4" else None, fuse=True)
+        finally:
+            if before is None:
+                del os.environ["LMLAB_KERNELS"]
+            else:
+                os.environ["LMLAB_KERNELS"] = before
     model = loaded.model
     model.config.eos_token_id = None
 
@@ -278,10 +291,12 @@ def main() -> None:
 
     print("\nratios (above 1: lmlab is faster)")
     for mine, ref, target in (("lmlab-int4", "llama.cpp", 1.0), ("lmlab-int8", "llama.cpp", 0.8),
+                              ("lmlab-int4", "lmlab-int4-torch", None), ("lmlab-int8", "lmlab-int8-torch", None),
                               ("lmlab-fp32", "transformers-fp32", 1.3), ("lmlab-bf16", "transformers-bf16", 1.3)):
         if mine in median and ref in median:
             ratio = median[mine][1] / median[ref][1]
-            print(f"decode {mine} / {ref}: {ratio:.2f} (target >= {target})")
+            print(f"decode {mine} / {ref}: {ratio:.2f}" + (f" (target >= {target})" if target else
+                                                          " (lmlab's kernels / PyTorch's)"))
         else:
             print(f"decode {mine} / {ref}: not measured ({mine if mine not in median else ref} did not run)")
     ours = {name: p for name, (p, _) in median.items() if name.startswith("lmlab")}

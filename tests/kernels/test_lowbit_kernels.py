@@ -1,9 +1,10 @@
 """lmlab's VNNI kernels (lmlab.kernels): the product against the dequantized matrix in fp64 on SmolLM2's shapes
-and every int4 group size, the Q8_0 activation formula exactly, the layout round trip, the fallbacks to
+and every int4 group size, the activation rounding formula exactly, the layout round trip, the fallbacks to
 PyTorch's kernels, and a decode loop on a tiny model with and without them.
 
-The tolerance: the kernel rounds each activation x_k to d_b·round(x_k / d_b), d_b = max_{k∈b}|x_k| / 127 per
-block b of 32, so by at most d_b / 2; the rest is exact integer arithmetic and fp32 scaling. Hence
+The tolerance: the kernel rounds each activation x_k to d_b·round(x_k / d_b), d_b = max_{k∈b}|x_k| / qmax per
+block b of 32 (qmax = 127: int8 codes, for int4 weights; 32767: int16 codes, for int8 weights), so by at most
+d_b / 2; the rest is exact integer arithmetic and fp32 scaling. Hence
 |y_j − Σ_k x_k ŵ_jk| <= Σ_b (d_b / 2) Σ_{k∈b} |ŵ_jk|  +  2^-20 Σ_k |x_k ŵ_jk|  (fp32, a few roundings a block).
 """
 
@@ -32,32 +33,36 @@ HEAD_SHAPE = (576, 49152)  # its tied LM head, int8 in int4 models too
 FP32_SLACK = 2.0 ** -20
 
 
-def q8_0(x: torch.Tensor) -> torch.Tensor:
-    """llama.cpp's Q8_0 rounding of rows [M, K], computed as the kernel does (fp32: x · (127 / max|x|))."""
+INT8_CODES, INT16_CODES = 127, 32767  # qmax of the activations for int4 weights (Q8_0) and for int8 weights
+
+
+def block_rounded(x: torch.Tensor, qmax: int) -> torch.Tensor:
+    """The kernel's rounding of rows [M, K] per block of 32 (llama.cpp's Q8_0 for qmax 127), computed as it does
+    (fp32: x · (qmax / max|x|), rounded half to even)."""
     blocks = x.float().reshape(x.shape[0], -1, 32)
     amax = blocks.abs().amax(-1, keepdim=True)
-    inverse = torch.where(amax > 0, torch.full_like(amax, 127).div(amax), 0)  # (127 / t is 127 · (1 / t) in torch)
-    codes = torch.round(blocks * inverse).clamp(-127, 127)
-    return (codes * (amax / 127)).reshape(x.shape).double()
+    inverse = torch.where(amax > 0, torch.full_like(amax, qmax).div(amax), 0)  # (q / t is q · (1 / t) in torch)
+    codes = torch.round(blocks * inverse).clamp(-qmax, qmax)
+    return (codes * (amax / qmax)).reshape(x.shape).double()
 
 
-def rounding_bound(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def rounding_bound(x: torch.Tensor, weight: torch.Tensor, qmax: int) -> torch.Tensor:
     """Σ_b (d_b / 2) Σ_{k∈b} |ŵ_jk| + the fp32 slack (module docstring), [M, N]."""
-    d = x.double().reshape(x.shape[0], -1, 32).abs().amax(-1) / 127
+    d = x.double().reshape(x.shape[0], -1, 32).abs().amax(-1) / qmax
     per_input = (d / 2).repeat_interleave(32, dim=1)
     return per_input @ weight.double().abs().T + FP32_SLACK * (x.double().abs() @ weight.double().abs().T) + 1e-9
 
 
-def check_product(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> None:
-    """y within the bound of the dequantized product, and the formula's Q8_0 product within fp32 rounding (and,
-    for bf16, the output's rounding: half a unit in the last place, at most 2^-8 of it)."""
-    formula = q8_0(x) @ weight.double().T
+def check_product(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, qmax: int) -> None:
+    """y within the bound of the dequantized product, and the formula's product (rounded activations times the
+    dequantized matrix) within fp32 rounding (and, for bf16, the output's rounding: at most 2^-8 of it)."""
+    formula = block_rounded(x, qmax) @ weight.double().T
     slack = FP32_SLACK * (x.double().abs() @ weight.double().abs().T) + 1e-9
     if y.dtype == torch.bfloat16:
         slack = slack + BF16_EPS * formula.abs()
     assert torch.all((y.double() - formula).abs() <= slack)
     reference = x.double() @ weight.double().T
-    assert torch.all((y.double() - reference).abs() <= rounding_bound(x, weight) + slack)
+    assert torch.all((y.double() - reference).abs() <= rounding_bound(x, weight, qmax) + slack)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -73,7 +78,7 @@ def test_the_int4_kernel_gives_the_dequantized_product(in_features, out_features
     x = (torch.randn(3, in_features, generator=generator) * torch.rand(in_features, generator=generator) * 3).to(dtype)
     y = native.int4_mm(x, packed, scales, group_size)
     assert y.dtype == dtype and y.shape == (3, out_features)
-    check_product(y, x, quantized.dequantize())
+    check_product(y, x, quantized.dequantize(), INT8_CODES)
 
 
 @pytest.mark.parametrize("in_features, out_features, dtype", [
@@ -86,7 +91,7 @@ def test_the_int8_kernel_gives_the_dequantized_product(in_features, out_features
     x = (torch.randn(2, in_features, generator=generator) * 2).to(dtype)
     y = native.int8_mm(x, codes, scale)
     assert y.dtype == dtype and y.shape == (2, out_features)
-    check_product(y, x, codes.double() * scale.double()[:, None])
+    check_product(y, x, codes.double() * scale.double()[:, None], INT16_CODES)
 
 
 def test_the_int4_layout_reads_back_the_codes_scales_and_offsets():
@@ -99,8 +104,9 @@ def test_the_int4_layout_reads_back_the_codes_scales_and_offsets():
 def test_layers_run_lmlabs_kernels_by_default_and_torchs_when_told(monkeypatch):
     linear = torch.nn.Linear(128, 48, bias=False)
     x = torch.randn(2, 5, 128)
-    for make, name in [(lambda: Int4Linear.from_float(linear, 32), "_weight_int4pack_mm_for_cpu"),
-                       (lambda: QuantizedLinear.from_float(linear, INT8_CHANNEL), "_weight_int8pack_mm")]:
+    for make, name, qmax in [(lambda: Int4Linear.from_float(linear, 32), "_weight_int4pack_mm_for_cpu", INT8_CODES),
+                             (lambda: QuantizedLinear.from_float(linear, INT8_CHANNEL), "_weight_int8pack_mm",
+                              INT16_CODES)]:
         with monkeypatch.context() as patch:
             calls = spy_kernel(patch, name)  # sets LMLAB_KERNELS=torch
             torch_layer = make()
@@ -113,7 +119,7 @@ def test_layers_run_lmlabs_kernels_by_default_and_torchs_when_told(monkeypatch):
         assert not calls and y.shape == expected.shape
         dequantized = layer.weight
         assert torch.all((y - x @ dequantized.T).abs()
-                         <= rounding_bound(x.reshape(-1, 128), dequantized).reshape(2, 5, 48).float() + 1e-5)
+                         <= rounding_bound(x.reshape(-1, 128), dequantized, qmax).reshape(2, 5, 48).float() + 1e-5)
         monkeypatch.undo()
 
 
@@ -159,8 +165,8 @@ def greedy_logits(model: Transformer, prompt: torch.Tensor, feed: list[int] | No
 @pytest.mark.parametrize("dtype", ["int8", "int4"])
 @torch.inference_mode()
 def test_a_decode_loop_with_the_kernels_stays_close_to_torchs_kernels(dtype, monkeypatch):
-    """Greedy tokens may legitimately differ (int8 against bf16 activations: a near tie of a tiny random model
-    can flip), so the logits along the fp32 model's greedy tokens are compared: lmlab's kernels stay about as close
+    """Greedy tokens may legitimately differ (the activations are rounded differently: a near tie of a tiny random
+    model can flip), so the logits along the fp32 model's greedy tokens are compared: lmlab's kernels stay about as close
     to the fp32 model's as PyTorch's kernels do (largest deviation within 1.25x theirs; measured: int8 0.046 of
     the logits' standard deviation, both; int4 0.263 against 0.256)."""
     config = get_preset("tiny-llama").replace(d_ff=192)

@@ -61,6 +61,7 @@ class Int8Matrix(nn.Module):
         self.register_buffer("scale", torch.ones(scale_shape, device=device))
         zero = torch.zeros(scale_shape, dtype=torch.int8, device=device) if spec.scheme == "zeropoint" else None
         self.register_buffer("zero", zero)
+        self.native = kernels.native() is not None  # lmlab's int8 kernel where it applies (native_operands)
 
     @property
     def quantized(self) -> QuantizedTensor:
@@ -91,15 +92,15 @@ class Int8Matrix(nn.Module):
             scale = self.scale.float().expand(rows, 1).reshape(rows)
             zero = None if self.zero is None else scale * self.zero.float().expand(rows, 1).reshape(rows)
             buffers = (self.qweight, self.scale, self.zero)
-            native = (zero is None and self.spec.granularity in ("channel", "tensor") and self.qweight.shape[1] % 32 == 0
-                      and self.qweight.device.type == "cpu" and kernels.native() is not None)
+            native = (self.native and zero is None and self.spec.granularity in ("channel", "tensor")
+                      and self.qweight.shape[1] % 32 == 0 and self.qweight.device.type == "cpu")
             cached = self.__dict__["_kernel_cache"] = (buffers, scale.to(KERNEL_DTYPE), zero,
                                                        scale.contiguous() if native else None)
         return self.qweight, cached[1], cached[2]
 
     def native_operands(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(int8 matrix, fp32 scale per row) for lmlab's int8 kernel (lmlab.kernels), or None where it does not
-        apply: no compiled kernels (or LMLAB_KERNELS=torch when first used), a zero point, a group-wise scale,
+        apply: no compiled kernels (or LMLAB_KERNELS=torch when the layer was made), a zero point, a group-wise scale,
         rows of a length not a multiple of 32."""
         if self.spec.granularity not in ("channel", "tensor"):
             return None
