@@ -14,8 +14,13 @@
 
 namespace {
 
-constexpr int64_t kBlock = 32;  // inputs per activation block (one int8 scale each)
+constexpr int64_t kBlock = 32;  // inputs per activation block (one scale each)
 constexpr int64_t kRows4 = 16;  // int4 rows interleaved in one 64-byte load (one int32 lane each)
+// How far ahead of the weights read now the next ones are asked of the cache (bytes; of 1 and 4 KB tried, the
+// better for each). The products read each weight once, from memory; with these prefetches their speed against
+// PyTorch's kernels, in one process, went from 1.4x to 1.55x (int4 layers), 1.3-1.5x to 1.6x (int8), 1.3x to
+// 1.8x (the int8 LM head).
+constexpr int64_t kPrefetchInt4 = 1024, kPrefetchInt8 = 4096;
 
 // Sixteen fp32 values from fp32 or bf16 memory.
 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
@@ -82,6 +87,7 @@ inline __m512 int4_rows16(const uint8_t* codes, const at::BFloat16* scales, int6
       const int8_t* x = xq + b * kBlock;
       __m512i low = _mm512_setzero_si512(), high = _mm512_setzero_si512();
       for (int c = 0; c < 4; ++c) {
+        _mm_prefetch(reinterpret_cast<const char*>(w + c * 64 + kPrefetchInt4), _MM_HINT_T0);
         __m512i v = _mm512_loadu_si512(w + c * 64);
         low = _mm512_dpbusd_epi32(low, _mm512_and_si512(v, nibble), broadcast4(x + c * 8));
         high = _mm512_dpbusd_epi32(high, _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble), broadcast4(x + c * 8 + 4));
@@ -127,6 +133,7 @@ inline void int8_rows(const int8_t* w, int64_t K, const float* row_scale, const 
     __m512i x = _mm512_loadu_si512(xq + b * kBlock);
     __m512 scale = _mm512_set1_ps(d[b]);
     for (int r = 0; r < R; ++r) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + r * K + b * kBlock + kPrefetchInt8), _MM_HINT_T0);
       __m512i v = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + r * K + b * kBlock)));
       __m512i p = _mm512_dpwssd_epi32(_mm512_setzero_si512(), v, x);
       acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), scale, acc[r]);
