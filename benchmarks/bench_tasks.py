@@ -11,8 +11,9 @@ read from there and never copied; DialogSum is ../shared/data/dialogsum. Rows (-
                     on the rest; baseline: the majority label
   sst2-nli          SST-2 dev accuracy, zero-shot by entailment through that SNLI classifier (Yin et al. 2019)
   stsb              STS-B dev Spearman of cosine similarities, lmlab's MiniLM-L6 pipeline vs sentence-transformers
-  xquad-generative  XQuAD SQuAD-v1.1 EM / F1 (official normalization), SmolLM2 writing the answer from the
-                    context's sentence closest to the question (--qa-sentences)
+  xquad-generative  XQuAD SQuAD-v1.1 EM / F1 (official normalization), SmolLM2 extracting the answer from the
+                    context's sentence closest to the question (--qa-sentences), constrained greedy decoding,
+                    the span's most likely prefix (--qa-whole-span), question words trimmed (--qa-no-trim)
   xquad-extractive  the same, MiniLM-L6 + start/end head fine-tuned on the first half of the articles, scored
                     on the second half (the generative row is also scored on that half when both run)
   flores-fr, flores-de  FLORES-200 BLEU and chrF (sacrebleu), SmolLM2 translating English; baseline: copy source
