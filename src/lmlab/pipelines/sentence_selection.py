@@ -26,10 +26,10 @@ import numpy as np
 from lmlab.hub.resolve import LoadedModel
 from lmlab.pipelines.embeddings import sentence_embeddings
 
-# a sentence ends at . ! or ? followed by white space and a capital letter, a digit or an opening quote or bracket
 _STOP_WORDS = frozenset(
     "a an the of in on at to for by with from and or is are was were be been what which who whom whose when where "
     "why how did do does that this these those as it its into than then there their they he she his her".split())
+# a sentence ends at . ! or ? followed by white space and a capital letter, a digit or an opening quote or bracket
 _BOUNDARY = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[\"'(\[]?[A-Z0-9])")
 
 
