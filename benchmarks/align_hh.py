@@ -185,6 +185,8 @@ def main() -> None:
     p.add_argument("--ppo-lr", type=float, default=1e-4)
     p.add_argument("--kl-coef", type=float, default=0.05)
     p.add_argument("--target-kl", type=float, default=6.0)
+    p.add_argument("--kl-horizon", type=int, default=PPOSettings.kl_horizon,
+                   help="rollouts over which the KL coefficient moves at most 20%%")
     p.add_argument("--out", type=Path, default=Path("runs/align_hh"))
     a = p.parse_args()
     parts = a.parts.split(",")
@@ -205,7 +207,7 @@ def run_ppo(a: argparse.Namespace, train: Path, val: Path) -> None:
                            out=a.out / "ppo", max_prompt_length=a.max_prompt, max_new_tokens=a.max_new_tokens,
                            steps=a.ppo_steps, batch_size=8, mini_batches=a.mini_batches, ppo_epochs=a.ppo_epochs,
                            lr=a.ppo_lr, lora_targets="all-linear", lora_rank=16, lora_alpha=32, kl_coef=a.kl_coef,
-                           target_kl=a.target_kl, dtype=a.dtype)
+                           target_kl=a.target_kl, kl_horizon=a.kl_horizon, dtype=a.dtype)
     start = time.perf_counter()
     result = align_ppo(settings)
     wall = time.perf_counter() - start

@@ -157,6 +157,8 @@ def test_bad_ppo_inputs_are_one_clear_line(tmp_path, tiny_model, reward_model, c
         (("--method", "dpo", "--data", pairs, "--reward", reward_model), "--reward is an option of --method ppo"),
         (("--method", "ppo", "--reward", reward_model, "--prompts", prompts, "--weights", "full"), "LoRA"),
         (("--method", "ppo", "--reward", reward_model, "--prompts", tmp_path / "none.jsonl"), "no such file"),
+        (("--method", "ppo", "--reward", reward_model, "--prompts", prompts, "--kl-horizon", "0"),
+         "kl horizon must be at least 1"),
     ]
     for args, message in cases:
         model = (tiny_model,) if args[0] == "--method" else ()

@@ -75,6 +75,8 @@ PPO_OPTIONS = (  # option, type, metavar, help: each fills the PPOSettings field
     ("--mini-batches", int, "N", "optimizer steps per PPO pass"),
     ("--kl-coef", float, "C", "initial weight of the per-token KL penalty"),
     ("--target-kl", float, "NATS", "KL per answer the coefficient is adapted towards; 0 keeps it fixed"),
+    ("--kl-horizon", int, "N", "rollouts over which the coefficient moves at most 20%% (Ziegler et al. 2019); "
+     "shorter lets it act within a short run"),
     ("--gamma", float, "G", "discount"),
     ("--lam", float, "L", "GAE's lambda"),
     ("--clip-range", float, "EPS", "PPO's ratio clip epsilon"),
@@ -175,8 +177,8 @@ def ppo_settings_from(args: argparse.Namespace) -> PPOSettings:
         max_new_tokens=args.max_new_tokens, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size,
         mini_batches=args.mini_batches, ppo_epochs=args.ppo_epochs, lr=args.lr, lora_rank=args.lora_rank,
         lora_alpha=args.lora_alpha, lora_targets=args.lora_targets, kl_coef=args.kl_coef, target_kl=args.target_kl,
-        gamma=args.gamma, lam=args.lam, clip_range=args.clip_range, vf_coef=args.vf_coef, dtype=args.dtype,
-        seed=args.seed, checkpoint_every=args.checkpoint_every, resume=args.resume, progress=not args.no_progress,
+        kl_horizon=args.kl_horizon, gamma=args.gamma, lam=args.lam, clip_range=args.clip_range, vf_coef=args.vf_coef,
+        dtype=args.dtype, seed=args.seed, checkpoint_every=args.checkpoint_every, resume=args.resume, progress=not args.no_progress,
     )
 
 
