@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from lmlab.io import read_safetensors, remove_folder, replace_folder, save_safetensors, write_json
-from lmlab.training.checkpoint import OPTIMIZER_FILE, RNG_FILE, STATE_FILE
+from lmlab.training.checkpoint import (OPTIMIZER_FILE, RNG_FILE, STATE_FILE, flat_optimizer_state,
+                                      optimizer_state_from)
 from lmlab.training.sharded_checkpoint import CHECKPOINT_KIND
 
 TRAINABLE_FILE = "trainable.safetensors"
@@ -49,15 +50,13 @@ def save_ppo_checkpoint(checkpoints: Path, state: PPOState, policy: nn.Module, v
                         optimizer: torch.optim.Optimizer, generator: torch.Generator, queue: list[int]) -> Path:
     """Write checkpoints/step-NNNNNNN atomically, then drop the older checkpoints."""
     folder = checkpoints / f"step-{state.step:07d}"
-    optimizer_state = optimizer.state_dict()
     with replace_folder(folder, CHECKPOINT_KIND, overwrite=True) as tmp:
         save_safetensors({k: v.detach().contiguous() for k, v in trainable_tensors(policy, value_head).items()},
                          tmp / TRAINABLE_FILE)
-        save_safetensors({f"{index}.{key}": value for index, entry in optimizer_state["state"].items()
-                          for key, value in entry.items()}, tmp / OPTIMIZER_FILE)
+        optimizer_tensors, groups = flat_optimizer_state(optimizer.state_dict())
+        save_safetensors(optimizer_tensors, tmp / OPTIMIZER_FILE)
         save_safetensors({"generator": generator.get_state(), "torch": torch.get_rng_state(),
                           "queue": torch.tensor(queue, dtype=torch.int64)}, tmp / RNG_FILE)
-        groups = [{**g, "betas": list(g["betas"])} for g in optimizer_state["param_groups"]]
         write_json(tmp / STATE_FILE, {"step": state.step, "kl_coef": state.kl_coef, "history": state.history,
                                       "train_seconds": state.train_seconds, "optimizer_param_groups": groups})
     for old in checkpoints.glob("step-*"):
@@ -74,12 +73,8 @@ def load_ppo_checkpoint(folder: Path, policy: nn.Module, value_head: nn.Module, 
     with torch.no_grad():
         for name, param in trainable_tensors(policy, value_head).items():
             param.copy_(tensors[name])
-    entries: dict[int, dict[str, torch.Tensor]] = {}
-    for name, value in read_safetensors(folder / OPTIMIZER_FILE).items():
-        index, key = name.split(".", 1)
-        entries.setdefault(int(index), {})[key] = value
-    groups = [{**g, "betas": tuple(g["betas"])} for g in saved["optimizer_param_groups"]]
-    optimizer.load_state_dict({"state": entries, "param_groups": groups})
+    optimizer.load_state_dict(optimizer_state_from(read_safetensors(folder / OPTIMIZER_FILE),
+                                                   saved["optimizer_param_groups"]))
     rng = read_safetensors(folder / RNG_FILE)
     generator.set_state(rng["generator"])
     torch.set_rng_state(rng["torch"])

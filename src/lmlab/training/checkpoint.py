@@ -41,6 +41,23 @@ def rng_state(collator: Any, env: DistEnv) -> dict[str, torch.Tensor]:
     return state
 
 
+def flat_optimizer_state(optimizer_state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """An optimizer's state dict as tensors for safetensors (named "{parameter index}.{key}") and parameter
+    groups for JSON (betas as lists); optimizer_state_from is the inverse."""
+    tensors = {f"{index}.{key}": value for index, entry in optimizer_state["state"].items()
+               for key, value in entry.items()}
+    return tensors, [{**g, "betas": list(g["betas"])} for g in optimizer_state["param_groups"]]
+
+
+def optimizer_state_from(tensors: dict[str, torch.Tensor], groups: list[dict[str, Any]]) -> dict[str, Any]:
+    """The optimizer state dict that flat_optimizer_state wrote as `tensors` and `groups`."""
+    entries: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        index, key = name.split(".", 1)
+        entries.setdefault(int(index), {})[key] = value
+    return {"state": entries, "param_groups": [{**g, "betas": tuple(g["betas"])} for g in groups]}
+
+
 def save_training_checkpoint(folder: Path, wrapped: torch.nn.Module, optimizer: torch.optim.Optimizer,
                              strategy: Strategy, env: DistEnv, collator: Any, state: dict[str, Any],
                              tokenizer: TokenizerProtocol | None = None) -> None:
@@ -59,10 +76,8 @@ def save_training_checkpoint(folder: Path, wrapped: torch.nn.Module, optimizer: 
     if env.is_main:
         with replace_folder(folder, CHECKPOINT_KIND, overwrite=True) as staging:
             write_checkpoint(strategy.unwrap(wrapped), staging, tokenizer)
-            save_safetensors({f"{index}.{key}": value for index, entry in optimizer_state["state"].items()
-                              for key, value in entry.items()}, staging / OPTIMIZER_FILE)
-            state["optimizer_param_groups"] = [{**g, "betas": list(g["betas"])}
-                                               for g in optimizer_state["param_groups"]]
+            tensors, state["optimizer_param_groups"] = flat_optimizer_state(optimizer_state)
+            save_safetensors(tensors, staging / OPTIMIZER_FILE)
             write_run_state(staging)
 
 
@@ -82,13 +97,8 @@ def restore_training_checkpoint(checkpoint: Path, state: dict[str, Any], wrapped
     if is_sharded(checkpoint):
         load_sharded(checkpoint, strategy.unwrap(wrapped), optimizer)
     else:
-        tensors = read_safetensors(checkpoint / OPTIMIZER_FILE)
-        entries: dict[int, dict[str, torch.Tensor]] = {}
-        for name, value in tensors.items():
-            index, key = name.split(".", 1)
-            entries.setdefault(int(index), {})[key] = value
-        groups = [{**g, "betas": tuple(g["betas"])} for g in state["optimizer_param_groups"]]
-        strategy.load_optimizer_state(wrapped, optimizer, {"state": entries, "param_groups": groups})
+        strategy.load_optimizer_state(wrapped, optimizer, optimizer_state_from(
+            read_safetensors(checkpoint / OPTIMIZER_FILE), state["optimizer_param_groups"]))
     rng = read_safetensors(checkpoint / RNG_FILE)
     if state["world_size"] != env.world_size:
         say(f"note: the checkpoint was written by {state['world_size']} process(es), this run has "
